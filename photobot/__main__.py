@@ -1,0 +1,5 @@
+import sys
+
+from photobot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,267 @@
+"""The composition root: the one place that opens every component and wires the actors.
+
+:func:`open_services` opens, in order, the database (an embedded PostgreSQL when
+``DATABASE_URL`` is unset), Redis (an embedded server when ``REDIS_URL`` is unset) and storage
+(a local folder with HMAC-signed URLs unless ``S3_*`` is set), each as an async context manager,
+and closes them in reverse. :func:`run_booth` then runs the supervisor and Hypercorn side by side
+in the root nursery until a signal or a supervisor give-up ends it.
+
+Shutdown (SIGINT/SIGTERM): Hypercorn stops accepting and finishes in-flight requests; the
+supervisor stops the actors in reverse start order, each with its grace period (the gallery
+broadcaster closes guests' websockets with 1001 "going away"); then the services close and the
+embedded servers stop. The whole sequence is bounded by ``SHUTDOWN_GRACE_SECONDS`` plus a few
+seconds for the servers; after that everything left is cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+import actors
+from actors import cctv, dispatcher, gallery, hotfolder, pool, registry
+from photobot.cache import Cache
+from photobot.config import Settings
+from photobot.db import Database, ensure_database
+from photobot.db.migrate import migrate
+from photobot.embedded import open_embedded_postgres, open_embedded_redis
+from photobot.local_secrets import LocalSecrets, load_or_create
+from photobot.metrics import Metrics
+from photobot.storage import LocalStorage, S3Storage, Storage
+from photobot.supervisor import ChildSpec, Restart, Supervisor, SupervisorEvent
+
+log = logging.getLogger("photobot")
+
+#: Name of the database Photobot creates on its embedded PostgreSQL.
+EMBEDDED_DATABASE = "photobot"
+
+
+@dataclass
+class Services:
+    """Everything a request handler or an actor may use. Built only by :func:`open_services`."""
+
+    settings: Settings
+    data_dir: Path
+    db: Database
+    cache: Cache
+    storage: Storage
+    secrets: LocalSecrets
+    metrics: Metrics
+    backends: dict[str, str]
+    wiring: actors.Wiring = field(default_factory=actors.Wiring)
+    started_at: float = field(default_factory=time.time)
+    supervisor: Supervisor = field(init=False)
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Services]:
+    secrets = await trio.to_thread.run_sync(load_or_create, data_dir)
+    backends: dict[str, str] = {}
+    async with AsyncExitStack() as stack:
+        if settings.database_url is None:
+            pg = await stack.enter_async_context(open_embedded_postgres(data_dir / "postgres"))
+            dsn = await ensure_database(pg.url, EMBEDDED_DATABASE)
+            backends["database"] = f"embedded postgresql on 127.0.0.1:{pg.port}"
+        else:
+            dsn = settings.database_url.get_secret_value()
+            backends["database"] = "external postgresql"
+        db = await stack.enter_async_context(
+            Database.open(dsn, max_size=settings.database_pool_size)
+        )
+        await migrate(db)
+
+        if settings.redis_url is None:
+            rd = await stack.enter_async_context(open_embedded_redis(data_dir / "redis"))
+            redis_url = rd.url
+            backends["redis"] = f"embedded redis on 127.0.0.1:{rd.port}"
+        else:
+            redis_url = settings.redis_url.get_secret_value()
+            backends["redis"] = "external redis"
+        cache = Cache.from_url(redis_url, prefix=settings.redis_prefix)
+        stack.push_async_callback(cache.aclose)
+        await cache.check(timeout=5)
+
+        storage: Storage
+        if settings.uses_s3:
+            assert (
+                settings.s3_access_key_id and settings.s3_secret_access_key and settings.s3_bucket
+            )
+            storage = S3Storage(
+                settings.s3_bucket,
+                endpoint_url=settings.s3_endpoint,
+                public_endpoint_url=settings.s3_public_endpoint,
+                region=settings.s3_region,
+                access_key_id=settings.s3_access_key_id,
+                secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+                force_path_style=settings.s3_force_path_style,
+            )
+            backends["storage"] = f"s3 bucket {settings.s3_bucket}"
+        else:
+            storage = LocalStorage(data_dir / "storage", secrets.url_signing_key)
+            backends["storage"] = "local disk"
+        stack.push_async_callback(storage.aclose)
+        await storage.check()
+
+        yield Services(
+            settings=settings,
+            data_dir=data_dir,
+            db=db,
+            cache=cache,
+            storage=storage,
+            secrets=secrets,
+            metrics=Metrics(),
+            backends=backends,
+        )
+
+
+def actor_specs(services: Services) -> list[ChildSpec]:
+    """The supervision tree, in start order (see :mod:`actors`)."""
+    grace = services.settings.shutdown_grace_seconds
+    return [
+        ChildSpec("session_registry", registry.run, Restart.PERMANENT, grace),
+        ChildSpec("gallery_broadcaster", gallery.run, Restart.PERMANENT, grace),
+        ChildSpec("ai_worker_pool", pool.run, Restart.PERMANENT, grace),
+        ChildSpec("job_dispatcher", dispatcher.run, Restart.PERMANENT, grace),
+        ChildSpec("hotfolder_watcher", hotfolder.run, Restart.PERMANENT, grace),
+        ChildSpec("cctv_poller", cctv.run, Restart.PERMANENT, grace),
+    ]
+
+
+def build_supervisor(
+    services: Services, specs: list[ChildSpec] | None = None, **kwargs: object
+) -> Supervisor:
+    metrics = services.metrics
+
+    def on_event(event: SupervisorEvent) -> None:
+        if event.kind == "crashed":
+            metrics.actor_crashes.labels(event.child).inc()
+        elif event.kind == "restarting":
+            metrics.actor_restarts.labels(event.child).inc()
+
+    supervisor = Supervisor(
+        actor_specs(services) if specs is None else specs,
+        on_event=on_event,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    services.supervisor = supervisor
+    metrics.watch_actors(lambda: [(s.name, s.state) for s in supervisor.status()])
+    return supervisor
+
+
+def listen_urls(binds: list[str]) -> list[str]:
+    """Turn Hypercorn's bound addresses into URLs a person can open (0.0.0.0 → loopback + LAN)."""
+    urls = []
+    for bind in binds:
+        if "://0.0.0.0:" in bind:
+            port = bind.rsplit(":", 1)[1]
+            urls.append(f"http://127.0.0.1:{port}")
+            lan = _lan_address()
+            if lan:
+                urls.append(f"http://{lan}:{port}")
+        else:
+            urls.append(bind)
+    return urls
+
+
+def _lan_address() -> str | None:
+    # Connecting a UDP socket sends nothing; it only asks the kernel which source address a
+    # packet to that network would use — the address guests' phones on the LAN can reach.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") else addr
+
+
+async def run_booth(
+    settings: Settings,
+    data_dir: Path,
+    *,
+    on_ready: Callable[[list[str]], None] | None = None,
+    prepare: Callable[[Services], Awaitable[None]] | None = None,
+) -> None:
+    """Run the booth until SIGINT/SIGTERM; raises ``SupervisorGaveUp`` if an actor gives up.
+
+    A signal during start-up, or a second signal during a graceful stop, cancels at once (the
+    embedded servers are still stopped on the way out).
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as root:
+            stop_requested = trio.Event()
+            ready = False
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if ready and not stop_requested.is_set():
+                        log.info("shutting down gracefully", extra={"signal": name})
+                        stop_requested.set()
+                    else:
+                        log.warning("stopping now", extra={"signal": name})
+                        root.cancel_scope.cancel()
+
+            def mark_ready(urls: list[str]) -> None:
+                nonlocal ready
+                ready = True
+                if on_ready is not None:
+                    on_ready(urls)
+
+            root.start_soon(watch_signals)
+            try:
+                await _serve(settings, data_dir, stop_requested, mark_ready, prepare)
+            finally:
+                root.cancel_scope.cancel()
+
+
+async def _serve(
+    settings: Settings,
+    data_dir: Path,
+    stop_requested: trio.Event,
+    on_ready: Callable[[list[str]], None],
+    prepare: Callable[[Services], Awaitable[None]] | None,
+) -> None:
+    from web.app import create_app  # the web layer depends on the core, never the reverse
+
+    async with open_services(settings, data_dir) as services:
+        if prepare is not None:
+            await prepare(services)
+        supervisor = build_supervisor(services)
+        app = create_app(services)
+        stop_http = trio.Event()
+
+        config = HypercornConfig()
+        config.bind = [f"{settings.host}:{settings.port}"]
+        config.graceful_timeout = settings.shutdown_grace_seconds
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")  # type: ignore[assignment]
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            binds = await nursery.start(
+                functools.partial(serve, app, config, shutdown_trigger=stop_http.wait)
+            )
+            urls = listen_urls(binds)
+            log.info("photobot ready", extra={"urls": " ".join(urls), **services.backends})
+            on_ready(urls)
+
+            await stop_requested.wait()
+            # Stop taking requests and stop the actors at the same time; both are bounded by
+            # the grace period, and this deadline is the safety net over both.
+            nursery.cancel_scope.deadline = (
+                trio.current_time() + settings.shutdown_grace_seconds + 5
+            )
+            stop_http.set()
+            await supervisor.stop()

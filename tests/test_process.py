@@ -1,0 +1,136 @@
+"""A real ``photobot run`` process with embedded defaults: ready, healthy, stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from photobot.embedded import EmbeddedPostgres
+from tests.booth_process import Booth, clean_env, processes_mentioning
+
+pytestmark = pytest.mark.slow
+
+ACTORS = {
+    "session_registry", "gallery_broadcaster", "ai_worker_pool", "job_dispatcher",
+    "hotfolder_watcher", "cctv_poller",
+}  # fmt: skip
+
+
+@pytest.fixture
+def data_dir(server_tmp_path: Path) -> Iterator[Path]:
+    # Not tmp_path: the embedded servers run as an unprivileged user when we are root, and
+    # pytest's tmp root is private to root (see conftest.server_tmp_path).
+    path = server_tmp_path / "booth-data"
+    yield path
+    for pid in processes_mentioning(str(path)):  # never leave a server behind a failed test
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+def _stop_and_check_clean(booth: Booth) -> None:
+    started = time.monotonic()
+    code = booth.stop(signal.SIGTERM)
+    elapsed = time.monotonic() - started
+    assert code == 0, booth.stderr()
+    assert elapsed < 10
+    time.sleep(0.2)
+    assert processes_mentioning(str(booth.data_dir)) == []
+
+
+def test_run_is_healthy_and_sigterm_exits_clean(data_dir: Path) -> None:
+    booth = Booth(data_dir, ["--demo"])
+    try:
+        booth.start()
+        body = booth.wait_healthy()
+        assert {a["name"] for a in body["actors"]} == ACTORS
+        assert body["checks"]["database"]["backend"].startswith("embedded postgresql")
+        assert body["checks"]["redis"]["backend"].startswith("embedded redis")
+        assert body["checks"]["storage"]["backend"] == "local disk"
+        # Child servers really run, under the data dir.
+        assert processes_mentioning(str(data_dir))
+        _stop_and_check_clean(booth)
+        logs = [json.loads(line) for line in booth.stderr().splitlines() if line.startswith("{")]
+        assert any(entry["msg"] == "shutting down gracefully" for entry in logs)
+    finally:
+        booth.kill()
+
+
+def test_restart_on_the_same_data_dir_keeps_the_data(data_dir: Path) -> None:
+    first = Booth(data_dir, ["--demo"])
+    try:
+        first.start()
+        _stop_and_check_clean(first)
+    finally:
+        first.kill()
+    secrets_before = (data_dir / "secrets.json").read_text()
+
+    second = Booth(data_dir)
+    try:
+        second.start()
+        second.wait_healthy()
+        _stop_and_check_clean(second)
+    finally:
+        second.kill()
+    assert (data_dir / "secrets.json").read_text() == secrets_before
+
+    with EmbeddedPostgres(data_dir / "postgres") as pg:
+        out = subprocess.run(
+            [str(pg.bindir / "psql"), pg.url_for("photobot"), "-Atc",
+             "select slug from events; select count(*) from schema_migrations"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+    assert out == ["demo", "1"]
+
+
+def test_sigkill_then_restart_recovers(data_dir: Path) -> None:
+    first = Booth(data_dir)
+    try:
+        first.start()
+        first.stop(signal.SIGKILL)
+    finally:
+        first.kill()
+    second = Booth(data_dir)
+    try:
+        second.start()
+        second.wait_healthy()
+        _stop_and_check_clean(second)
+    finally:
+        second.kill()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PORT": "eighty"}, "photobot: invalid setting PORT='eighty'"),
+        ({"DATABASE_URL": "mysql://u:secret@h/db"}, "photobot: invalid setting DATABASE_URL:"),
+        ({"S3_BUCKET": "x"}, "photobot: invalid settings: S3 storage is half configured"),
+    ],
+)
+def test_broken_setting_exits_nonzero_with_one_line(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "photobot", "run", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, env=clean_env(**env), cwd=tmp_path, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert "secret" not in result.stderr
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
+def test_unreachable_external_database_exits_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "photobot", "run", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env=clean_env(DATABASE_URL="postgresql://postgres@127.0.0.1:1/none"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("photobot: database unavailable")

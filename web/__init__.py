@@ -1,0 +1,1 @@
+"""The HTTP and websocket face of the booth (Quart-Trio, served by Hypercorn's trio worker)."""
