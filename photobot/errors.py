@@ -70,3 +70,31 @@ class StorageError(Unavailable):
     """Object storage failed (timeout, network, server error)."""
 
     code = "storage_unavailable"
+
+
+class Unauthorized(PhotobotError):
+    """No valid credentials: missing, expired or forged token, wrong password."""
+
+    code = "unauthorized"
+
+
+class Forbidden(PhotobotError):
+    """Valid credentials, but not for this."""
+
+    code = "forbidden"
+
+
+class RateLimited(PhotobotError):
+    """Too many requests from one client; ``retry_after`` seconds until the next may pass."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body or upload is larger than allowed."""
+
+    code = "payload_too_large"

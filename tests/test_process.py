@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from photobot.embedded import EmbeddedPostgres
-from tests.booth_process import Booth, clean_env, processes_mentioning
+from tests.booth_process import Booth, alive, clean_env, processes_mentioning
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,14 @@ def data_dir(server_tmp_path: Path) -> Iterator[Path]:
 
 
 def _stop_and_check_clean(booth: Booth) -> None:
+    children = booth.children()
+    assert len(children) >= 2  # at least the PostgreSQL postmaster and Redis
     started = time.monotonic()
     code = booth.stop(signal.SIGTERM)
     elapsed = time.monotonic() - started
     assert code == 0, booth.stderr()
     assert elapsed < 10
-    time.sleep(0.2)
+    assert [pid for pid in children if alive(pid)] == []
     assert processes_mentioning(str(booth.data_dir)) == []
 
 
@@ -52,8 +54,8 @@ def test_run_is_healthy_and_sigterm_exits_clean(data_dir: Path) -> None:
         assert body["checks"]["database"]["backend"].startswith("embedded postgresql")
         assert body["checks"]["redis"]["backend"].startswith("embedded redis")
         assert body["checks"]["storage"]["backend"] == "local disk"
-        # Child servers really run, under the data dir.
-        assert processes_mentioning(str(data_dir))
+        comms = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in booth.children()}
+        assert "postgres" in comms and any(c.startswith(("redis", "valkey")) for c in comms)
         _stop_and_check_clean(booth)
         logs = [json.loads(line) for line in booth.stderr().splitlines() if line.startswith("{")]
         assert any(entry["msg"] == "shutting down gracefully" for entry in logs)

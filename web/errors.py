@@ -19,6 +19,10 @@ log = logging.getLogger("photobot.web")
 
 _STATUS: list[tuple[type[errors.PhotobotError], int]] = [
     (SignatureError, 403),
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
+    (errors.RateLimited, 429),
+    (errors.PayloadTooLarge, 413),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.InvalidInput, 422),
@@ -56,7 +60,12 @@ def install(app: Quart) -> None:
         status = status_for(exc)
         if status >= 500:
             log.warning("request failed", extra={"code": exc.code, "error": exc.message})
-        return error_response(status, exc.code, exc.message)
+        response = error_response(status, exc.code, exc.message)
+        if isinstance(exc, errors.RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, errors.Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.booth_process import Booth, processes_mentioning
+from tests.booth_process import Booth
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -56,7 +56,7 @@ def main() -> None:
                 assert booth.proc is not None
                 memory["photobot"] = _vm_hwm_kib(booth.proc.pid)
                 by_name: dict[str, int] = {}
-                for pid in processes_mentioning(str(data_dir)):
+                for pid in booth.children():
                     by_name[_comm(pid)] = by_name.get(_comm(pid), 0) + _vm_hwm_kib(pid)
                 memory.update(by_name)
             assert booth.stop(signal.SIGTERM) == 0
