@@ -1,4 +1,10 @@
-"""``photobot`` command line: ``run`` (the booth) and ``migrate``.
+"""``photobot`` command line: ``run`` (the booth), ``migrate`` and ``operator add``.
+
+``photobot operator add USERNAME [--role admin] [--force]`` stores an argon2id hash in the
+``operators`` table. The password is prompted for twice on a terminal, or read as the first line
+of stdin otherwise (``printf '%s\n' "$PW" | photobot operator add ana``), so it never appears
+in the process list or shell history. ``--force`` replaces an existing operator's password and
+role and re-enables it.
 
 Exit codes: 0 after a clean stop, 2 for a bad setting or argument (one line on stderr naming it),
 1 when the booth cannot start or an actor exhausted its restart intensity.
@@ -7,7 +13,9 @@ Exit codes: 0 after a clean stop, 2 for a bad setting or argument (one line on s
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +39,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--demo", action="store_true", help="make sure a 'demo' event exists")
     mig = sub.add_parser("migrate", help="apply database migrations and exit")
     mig.add_argument("--data-dir", help="data folder (for the embedded database)")
+    op = sub.add_parser("operator", help="manage operator logins")
+    op_sub = op.add_subparsers(dest="operator_command", required=True)
+    add = op_sub.add_parser("add", help="add an operator (password from a prompt or stdin)")
+    add.add_argument("username", help="login name: 1-64 of letters, digits, '.', '_', '@', '-'")
+    add.add_argument("--role", choices=["operator", "admin"], default="operator")
+    add.add_argument("--force", action="store_true", help="replace an existing operator")
+    add.add_argument("--data-dir", help="data folder (for the embedded database)")
     return p
+
+
+_USERNAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+_MIN_PASSWORD = 8
+
+
+def _read_password() -> str:
+    """Prompt twice on a terminal; otherwise the first line of stdin. ConfigError if unusable."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise ConfigError("the passwords do not match")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < _MIN_PASSWORD:
+        raise ConfigError(f"the password must be at least {_MIN_PASSWORD} characters")
+    return password
 
 
 def _first_domain_error(exc: BaseException) -> PhotobotError | None:
@@ -55,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["port"] = args.port
         settings = load_settings(**overrides)
         data_dir = resolve_data_dir(settings, args.data_dir)
+        password = ""
+        if args.command == "operator":
+            if not _USERNAME_RE.fullmatch(args.username):
+                raise ConfigError("the username must be 1-64 of letters, digits, . _ @ -")
+            password = _read_password()
     except ConfigError as exc:
         print(f"photobot: {exc.message}", file=sys.stderr)
         return 2
@@ -62,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             trio.run(_run, settings, data_dir, args.demo)
+        elif args.command == "operator":
+            trio.run(_operator_add, settings, data_dir, args, password)
         else:
             trio.run(_migrate, settings, data_dir)
     except KeyboardInterrupt:
@@ -92,6 +131,36 @@ async def _run(settings: Settings, data_dir: Path, demo: bool) -> None:
             )
 
     await run_booth(settings, data_dir, on_ready=ready, prepare=prepare)
+
+
+async def _operator_add(
+    settings: Settings, data_dir: Path, args: argparse.Namespace, password: str
+) -> None:
+    from photobot.auth import hash_password
+    from photobot.errors import Conflict
+    from photobot.root import open_services
+
+    password_hash = await trio.to_thread.run_sync(hash_password, password)
+    upsert = (
+        " on conflict (username) do update set password_hash = excluded.password_hash,"
+        " role = excluded.role, disabled_at = null"
+        if args.force
+        else ""
+    )
+    async with open_services(settings, data_dir) as services:
+        try:
+            await services.db.execute(
+                "insert into operators (username, password_hash, role) values ($1, $2, $3)"
+                + upsert,
+                args.username,
+                password_hash,
+                args.role,
+            )
+        except Conflict:
+            raise Conflict(
+                f"operator {args.username!r} already exists (--force replaces its password)"
+            ) from None
+    print(f"operator {args.username!r} saved (role {args.role})", flush=True)
 
 
 async def _migrate(settings: Settings, data_dir: Path) -> None:

@@ -30,7 +30,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 import actors
-from actors import cctv, dispatcher, gallery, hotfolder, pool, registry
+from actors import cctv, gallery, hotfolder, registry
+from actors.dispatcher import Dispatcher
+from actors.pool import WorkerPool
+from actors.registry import SessionRegistry
+from photobot.bus import Bus
 from photobot.cache import Cache
 from photobot.config import Settings
 from photobot.db import Database, ensure_database
@@ -38,6 +42,7 @@ from photobot.db.migrate import migrate
 from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.local_secrets import LocalSecrets, load_or_create
 from photobot.metrics import Metrics
+from photobot.providers import build_providers, concurrency
 from photobot.storage import LocalStorage, S3Storage, Storage
 from photobot.supervisor import ChildSpec, Restart, Supervisor, SupervisorEvent
 
@@ -59,7 +64,11 @@ class Services:
     secrets: LocalSecrets
     metrics: Metrics
     backends: dict[str, str]
-    wiring: actors.Wiring = field(default_factory=actors.Wiring)
+    registry: SessionRegistry
+    wiring: actors.Wiring
+    bus: Bus
+    dispatcher: Dispatcher
+    pool: WorkerPool
     started_at: float = field(default_factory=time.time)
     supervisor: Supervisor = field(init=False)
 
@@ -113,6 +122,12 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         stack.push_async_callback(storage.aclose)
         await storage.check()
 
+        providers = build_providers(settings)
+        for provider in providers.values():
+            stack.push_async_callback(provider.aclose)
+        wiring = actors.Wiring()
+        bus = Bus()
+        metrics = Metrics()
         yield Services(
             settings=settings,
             data_dir=data_dir,
@@ -120,22 +135,71 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
             cache=cache,
             storage=storage,
             secrets=secrets,
-            metrics=Metrics(),
+            metrics=metrics,
             backends=backends,
+            registry=SessionRegistry(db, cache, settings),
+            wiring=wiring,
+            bus=bus,
+            dispatcher=Dispatcher(db, wiring.dispatch[0]),
+            pool=WorkerPool(
+                db=db,
+                storage=storage,
+                bus=bus,
+                metrics=metrics,
+                providers=providers,
+                concurrency=concurrency(settings),
+                default_chain=[settings.ai_provider_default, "local"],
+                worker_id=settings.booth_id,
+                public_base_url=settings.public_base_url,
+            ),
         )
 
 
+#: Grace for actors that hold no work in progress: they return as soon as they are asked.
+QUICK_GRACE = 2.0
+
+
 def actor_specs(services: Services) -> list[ChildSpec]:
-    """The supervision tree, in start order (see :mod:`actors`)."""
+    """The supervision tree, in start order (see :mod:`actors`).
+
+    Stopping goes one actor at a time, so the shutdown budget is the sum of the graces: the
+    worker pool, which may hold running jobs, gets ``SHUTDOWN_GRACE_SECONDS``; the others get
+    :data:`QUICK_GRACE`.
+    """
     grace = services.settings.shutdown_grace_seconds
+    quick = min(QUICK_GRACE, grace)
     return [
-        ChildSpec("session_registry", registry.run, Restart.PERMANENT, grace),
-        ChildSpec("gallery_broadcaster", gallery.run, Restart.PERMANENT, grace),
-        ChildSpec("ai_worker_pool", pool.run, Restart.PERMANENT, grace),
-        ChildSpec("job_dispatcher", dispatcher.run, Restart.PERMANENT, grace),
-        ChildSpec("hotfolder_watcher", hotfolder.run, Restart.PERMANENT, grace),
-        ChildSpec("cctv_poller", cctv.run, Restart.PERMANENT, grace),
+        ChildSpec(
+            "session_registry",
+            functools.partial(registry.run, registry=services.registry),
+            Restart.PERMANENT,
+            quick,
+        ),
+        ChildSpec("gallery_broadcaster", gallery.run, Restart.PERMANENT, quick),
+        ChildSpec(
+            "ai_worker_pool",
+            functools.partial(services.pool.run, work=services.wiring.work[1]),
+            Restart.PERMANENT,
+            grace,
+        ),
+        ChildSpec(
+            "job_dispatcher",
+            functools.partial(
+                services.dispatcher.run,
+                inbox=services.wiring.dispatch[1],
+                work=services.wiring.work[0],
+            ),
+            Restart.PERMANENT,
+            quick,
+        ),
+        ChildSpec("hotfolder_watcher", hotfolder.run, Restart.PERMANENT, quick),
+        ChildSpec("cctv_poller", cctv.run, Restart.PERMANENT, quick),
     ]
+
+
+def shutdown_budget(specs: list[ChildSpec]) -> float:
+    """The longest a graceful stop can take (actors stop one after another), plus slack."""
+    return sum(spec.shutdown_grace for spec in specs) + 5.0
 
 
 def build_supervisor(
@@ -260,8 +324,8 @@ async def _serve(
             await stop_requested.wait()
             # Stop taking requests and stop the actors at the same time; both are bounded by
             # the grace period, and this deadline is the safety net over both.
-            nursery.cancel_scope.deadline = (
-                trio.current_time() + settings.shutdown_grace_seconds + 5
+            nursery.cancel_scope.deadline = trio.current_time() + shutdown_budget(
+                actor_specs(services)
             )
             stop_http.set()
             await supervisor.stop()

@@ -153,7 +153,11 @@ class ChildSpec:
 
 @dataclass(frozen=True)
 class ChildStatus:
-    """A snapshot of one child, as shown by /health."""
+    """A snapshot of one child, as shown by /health.
+
+    Before ``run`` every child is ``"stopped"``; during start-up, children still waiting for
+    their turn are already ``"starting"``.
+    """
 
     name: str
     state: ChildState

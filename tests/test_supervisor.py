@@ -6,13 +6,14 @@ happened at t0 + 3" is an exact statement about the supervisor, not a race.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec
 
 import pytest
 import trio
-import trio.abc
 import trio.testing
 
 from photobot.supervisor import (
@@ -24,28 +25,24 @@ from photobot.supervisor import (
     SupervisorGaveUp,
 )
 
+P = ParamSpec("P")
 
-def _run_with_virtual_deadline(
-    async_fn: Callable[[], Awaitable[None]],
-    *,
-    clock: trio.abc.Clock | None = None,
-    instruments: Sequence[trio.abc.Instrument] = (),
-) -> None:
-    """Run a test under a deadline in virtual time.
+
+def virtual_deadline(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+    """Fail the test, rather than hang it, if it needs more than 10000 s of virtual time.
 
     Under the autojump clock a supervisor that restarts forever (or deadlocks) races through
-    virtual time, so a broken one fails the test within milliseconds instead of hanging it. No
-    test here needs anywhere near this much virtual time.
+    virtual time, so a broken one fails within milliseconds. No test here needs anywhere near this
+    much. (A module-level ``pytest.mark.trio(run=...)`` would be neater, but trio_mode's own
+    marker takes precedence over it.)
     """
 
-    async def bounded() -> None:
+    @functools.wraps(test)
+    async def bounded(*args: P.args, **kwargs: P.kwargs) -> None:
         with trio.fail_after(10_000.0):
-            await async_fn()
+            await test(*args, **kwargs)
 
-    trio.run(bounded, clock=clock, instruments=instruments)
-
-
-pytestmark = pytest.mark.trio(run=_run_with_virtual_deadline)
+    return bounded
 
 
 def _events(sup: Supervisor, child: str, kind: str) -> list[SupervisorEvent]:
@@ -69,6 +66,7 @@ async def _idle(ctx: ChildContext) -> None:
     await ctx.stopping.wait()
 
 
+@virtual_deadline
 async def test_crashing_child_backs_off_exponentially_and_sibling_is_untouched(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -127,6 +125,7 @@ async def test_crashing_child_backs_off_exponentially_and_sibling_is_untouched(
     assert statuses["flaky"].next_restart_in == pytest.approx(15.0 - 7.6)
 
 
+@virtual_deadline
 async def test_jitter_is_applied_within_bounds_and_reproducible(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -164,6 +163,7 @@ async def test_jitter_is_applied_within_bounds_and_reproducible(
     assert [r.at for r in restarts] == pytest.approx([c.at + c.delay for c in crashes])
 
 
+@virtual_deadline
 async def test_zero_jitter_uses_the_exact_formula_and_leaves_rng_alone(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -189,6 +189,7 @@ async def test_zero_jitter_uses_the_exact_formula_and_leaves_rng_alone(
     assert rng.getstate() == state_before
 
 
+@virtual_deadline
 async def test_intensity_exceeded_stops_the_others_in_reverse_order_and_raises(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -263,6 +264,7 @@ async def test_intensity_exceeded_stops_the_others_in_reverse_order_and_raises(
     }
 
 
+@virtual_deadline
 async def test_permanent_child_that_keeps_returning_also_exhausts_intensity(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -281,6 +283,7 @@ async def test_permanent_child_that_keeps_returning_also_exhausts_intensity(
     assert [e.delay for e in _events(sup, "ticker", "exited")] == [1.0, 2.0, None]
 
 
+@virtual_deadline
 async def test_giving_up_during_start_up_never_starts_later_children(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -308,6 +311,7 @@ async def test_giving_up_during_start_up_never_starts_later_children(
     assert [s.state for s in sup.status()] == ["gave_up", "stopped"]
 
 
+@virtual_deadline
 async def test_restarts_that_left_the_window_do_not_count(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -346,6 +350,7 @@ async def test_restarts_that_left_the_window_do_not_count(
 
 
 @pytest.mark.parametrize(("lifetime", "gives_up"), [(61.0, False), (59.0, True)])
+@virtual_deadline
 async def test_rarely_crashing_child_is_restarted_forever(
     autojump_clock: trio.testing.MockClock, lifetime: float, gives_up: bool
 ) -> None:
@@ -392,6 +397,7 @@ async def test_rarely_crashing_child_is_restarted_forever(
         (Restart.PERMANENT, "crash", 2, "running", 1),
     ],
 )
+@virtual_deadline
 async def test_restart_policies(
     autojump_clock: trio.testing.MockClock,
     restart: Restart,
@@ -444,6 +450,7 @@ async def test_restart_policies(
         assert [e.at - t0 for e in _events(sup, "c", "restarting")] == [2.0]
 
 
+@virtual_deadline
 async def test_children_start_in_order_and_stop_in_reverse(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -514,6 +521,7 @@ async def test_children_start_in_order_and_stop_in_reverse(
     ]
 
 
+@virtual_deadline
 async def test_graceful_stop_waits_for_return_and_cancels_after_grace(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -574,6 +582,7 @@ async def test_graceful_stop_waits_for_return_and_cancels_after_grace(
     assert [s.state for s in sup.status()] == ["stopped", "stopped"]
 
 
+@virtual_deadline
 async def test_status_reflects_states_errors_and_next_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -640,6 +649,7 @@ async def test_status_reflects_states_errors_and_next_restart(
     assert [s.state for s in sup.status()] == ["stopped", "stopped", "stopped"]
 
 
+@virtual_deadline
 async def test_started_on_a_stale_context_is_ignored(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -664,6 +674,7 @@ async def test_started_on_a_stale_context_is_ignored(
         await sup.stop()
 
 
+@virtual_deadline
 async def test_stop_during_backoff_cancels_the_wait_and_never_restarts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -692,6 +703,7 @@ async def test_stop_during_backoff_cancels_the_wait_and_never_restarts(
     assert sup.status()[0].next_restart_in is None
 
 
+@virtual_deadline
 async def test_stop_is_idempotent_and_concurrent_callers_all_wait(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -718,6 +730,7 @@ async def test_stop_is_idempotent_and_concurrent_callers_all_wait(
     assert _kinds(sup, "slow") == ["started", "stopped"]
 
 
+@virtual_deadline
 async def test_stop_before_run_means_run_starts_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -738,6 +751,7 @@ async def test_stop_before_run_means_run_starts_nothing(
         await sup.run()
 
 
+@virtual_deadline
 async def test_run_returns_when_every_child_ended_for_good(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -763,6 +777,7 @@ async def test_run_returns_when_every_child_ended_for_good(
     ]
 
 
+@virtual_deadline
 async def test_crash_inside_a_childs_own_nursery_is_a_plain_crash(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -787,6 +802,7 @@ async def test_crash_inside_a_childs_own_nursery_is_a_plain_crash(
     assert sup.status()[0].restarts == 1
 
 
+@virtual_deadline
 async def test_base_exceptions_propagate_unwrapped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -816,6 +832,7 @@ async def test_base_exceptions_propagate_unwrapped(
     assert "crashed" not in _kinds(sup, "doomed")
 
 
+@virtual_deadline
 async def test_outer_cancellation_propagates_and_marks_children_stopped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -827,6 +844,7 @@ async def test_outer_cancellation_propagates_and_marks_children_stopped(
     await sup.stop()  # already finished: returns at once
 
 
+@virtual_deadline
 async def test_events_go_to_on_event_and_to_the_log(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -865,7 +883,7 @@ async def test_events_go_to_on_event_and_to_the_log(
     assert any("on_event callback failed" in r.getMessage() for r in caplog.records)
 
 
-async def test_invalid_configuration_is_rejected() -> None:
+def test_invalid_configuration_is_rejected() -> None:
     async def noop(ctx: ChildContext) -> None:
         pass
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from photobot.root import Services
-from web import errors
-from web.routes import files, ops
+from web import auth, cors, errors
+from web.routes import auth as auth_routes
+from web.routes import events, files, jobs, ops, sessions
 
 #: Largest request body accepted anywhere (uploads of 24 MP JPEGs fit with room to spare);
 #: larger bodies get 413 before they are read.
@@ -24,6 +25,12 @@ def create_app(services: Services) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["photobot"] = services
     errors.install(app)
+    cors.install(app, services.settings.cors_origins)
+    auth.install(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(auth_routes.bp)
+    app.register_blueprint(events.bp)
+    app.register_blueprint(sessions.bp)
+    app.register_blueprint(jobs.bp)
     return app

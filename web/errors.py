@@ -69,6 +69,14 @@ def install(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:
+            response = error_response(
+                413, "payload_too_large", "the request body is larger than this booth accepts"
+            )
+            # The client may still be sending the rest of the body: close rather than leave
+            # the connection half-read for the next request.
+            response.headers["Connection"] = "close"
+            return response
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name or "error")
 

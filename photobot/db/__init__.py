@@ -26,6 +26,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from photobot.concurrency import sole
 from photobot.errors import Conflict, DatabaseError, InvalidInput, NotFound, PhotobotError
 
 P = ParamSpec("P")
@@ -74,14 +75,6 @@ async def _cross(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwarg
         return await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise translate(exc) from exc
-
-
-def _sole(group: BaseExceptionGroup) -> BaseException:
-    """The single exception inside (nested) groups, or the group itself when there are several."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class _Queries:
@@ -158,7 +151,7 @@ class Database(_Queries):
                     if cs.cancelled_caught:
                         pool.terminate()
         except BaseExceptionGroup as group:
-            raise _sole(group) from None
+            raise sole(group) from None
 
     async def _conn_call(self, method: str, query: str, *args: Any) -> Any:
         return await _cross(getattr(self._pool, method), query, *args)
@@ -241,7 +234,7 @@ async def ensure_database(admin_dsn: str, name: str) -> str:
         async with trio_asyncio.open_loop():
             await _cross(on_asyncio)
     except BaseExceptionGroup as group:
-        raise _sole(group) from None
+        raise sole(group) from None
     return with_database(admin_dsn, name)
 
 

@@ -5,6 +5,7 @@ provider only does one attempt and says, through the class of the error it raise
 trying again could help.
 """
 
+from photobot.config import Settings
 from photobot.providers.base import (
     FatalProviderError,
     OutputImage,
@@ -25,4 +26,34 @@ __all__ = [
     "ProviderInput",
     "ProviderOutput",
     "TransientProviderError",
+    "build_providers",
+    "concurrency",
 ]
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    """The providers this booth can use: ``local`` always; the others when configured."""
+    from photobot.providers.local import LocalProvider
+
+    providers: dict[str, Provider] = {
+        "local": LocalProvider(max_threads=settings.worker_concurrency_local)
+    }
+    if settings.comfy_api_base_url:
+        from photobot.providers.comfyui import ComfyUIProvider
+
+        providers["comfyui"] = ComfyUIProvider(settings.comfy_api_base_url)
+    if settings.kie_api_key is not None:
+        from photobot.providers.kie import KieProvider
+
+        providers["kie"] = KieProvider(
+            settings.kie_api_key.get_secret_value(), base_url=settings.kie_api_base_url
+        )
+    return providers
+
+
+def concurrency(settings: Settings) -> dict[str, int]:
+    return {
+        "local": settings.worker_concurrency_local,
+        "comfyui": settings.worker_concurrency_comfy,
+        "kie": settings.worker_concurrency_kie,
+    }

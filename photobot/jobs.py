@@ -1,0 +1,450 @@
+"""Jobs: the durable record of every accepted photo, and every transition of its state.
+
+PostgreSQL is the source of truth. Every transition is one conditional UPDATE, so two processes
+(or a restarted one and a ghost of its former self) can never both move the same job:
+
+    queued ──claim──▶ running ──succeed──▶ succeeded
+      │                  │ ├────fail─────▶ failed
+      │                  │ └──requeue (restart of the claiming process)──▶ queued
+      └──cancel──────────┴──(cancel_requested, honoured at the next stage)──▶ canceled
+
+``claimed_by`` names the booth process running a job (its ``BOOTH_ID``); at start-up a process
+requeues only its own running jobs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from photobot.db import Database, Record
+from photobot.errors import Conflict, NotFound
+
+FINAL = ("succeeded", "failed", "canceled")
+STATUSES = ("queued", "running", *FINAL)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    event_id: str
+    session_id: str | None
+    parent_job_id: str | None
+    booth_id: str | None
+    operator_id: str | None
+    source: str
+    status: str
+    mode: str
+    style_id: str | None
+    provider: str | None
+    provider_used: str | None
+    guest_name: str | None
+    guest_whatsapp: str | None
+    input_key: str
+    input_sha256: str
+    input_type: str
+    input_bytes: int
+    output_keys: list[str]
+    best_output_key: str | None
+    progress_percent: int
+    progress_stage: str
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    cancel_requested: bool
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    claimed_by: str | None
+
+    @classmethod
+    def from_record(cls, r: Record) -> Job:
+        def s(v: Any) -> str | None:
+            return None if v is None else str(v)
+
+        return cls(
+            id=str(r["id"]),
+            event_id=str(r["event_id"]),
+            session_id=s(r["session_id"]),
+            parent_job_id=s(r["parent_job_id"]),
+            booth_id=r["booth_id"],
+            operator_id=r["operator_id"],
+            source=r["source"],
+            status=r["status"],
+            mode=r["mode"],
+            style_id=r["style_id"],
+            provider=r["provider"],
+            provider_used=r["provider_used"],
+            guest_name=r["guest_name"],
+            guest_whatsapp=r["guest_whatsapp"],
+            input_key=r["input_key"],
+            input_sha256=r["input_sha256"],
+            input_type=r["input_type"],
+            input_bytes=r["input_bytes"],
+            output_keys=list(r["output_keys"]),
+            best_output_key=r["best_output_key"],
+            progress_percent=r["progress_percent"],
+            progress_stage=r["progress_stage"],
+            error_code=r["error_code"],
+            error_message=r["error_message"],
+            attempts=r["attempts"],
+            cancel_requested=r["cancel_requested"],
+            idempotency_key=r["idempotency_key"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            claimed_by=r["claimed_by"],
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+
+@dataclass(frozen=True)
+class NewJob:
+    event_id: str
+    source: str
+    input_key: str
+    input_sha256: str
+    input_type: str
+    input_bytes: int
+    id: str = ""
+    session_id: str | None = None
+    parent_job_id: str | None = None
+    booth_id: str | None = None
+    operator_id: str | None = None
+    mode: str = "default"
+    style_id: str | None = None
+    provider: str | None = None
+    guest_name: str | None = None
+    guest_whatsapp: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempt: int
+    provider: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error_code: str | None
+    error_message: str | None
+    provider_request_id: str | None
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_id(value: str) -> uuid.UUID:
+    """A job id from a URL; anything that is not a UUID is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise NotFound("no such job") from None
+
+
+async def create(db: Database, job: NewJob) -> tuple[Job, bool]:
+    """Insert ``job``; with an idempotency key already used, return the existing job instead.
+
+    Returns ``(job, created)``. The same key with a different photo is a :class:`Conflict`.
+    """
+
+    async def on_asyncio(conn: asyncpg.Connection) -> tuple[Record, bool]:
+        row = await conn.fetchrow(
+            """insert into jobs (id, event_id, session_id, parent_job_id, booth_id, operator_id,
+                   source, mode, style_id, provider, guest_name, guest_whatsapp, input_key,
+                   input_sha256, input_type, input_bytes, idempotency_key)
+               values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+               on conflict (idempotency_key) where idempotency_key is not null do nothing
+               returning *""",
+            uuid.UUID(job.id or new_job_id()),
+            uuid.UUID(job.event_id),
+            None if job.session_id is None else uuid.UUID(job.session_id),
+            None if job.parent_job_id is None else uuid.UUID(job.parent_job_id),
+            job.booth_id,
+            job.operator_id,
+            job.source,
+            job.mode,
+            job.style_id,
+            job.provider,
+            job.guest_name,
+            job.guest_whatsapp,
+            job.input_key,
+            job.input_sha256,
+            job.input_type,
+            job.input_bytes,
+            job.idempotency_key,
+        )
+        if row is not None:
+            return row, True
+        existing = await conn.fetchrow(
+            "select * from jobs where idempotency_key = $1", job.idempotency_key
+        )
+        assert existing is not None
+        return existing, False
+
+    row, created = await db.run(on_asyncio)
+    found = Job.from_record(row)
+    if not created and found.input_sha256 != job.input_sha256:
+        raise Conflict(
+            "this Idempotency-Key was already used for a different photo", code="idempotency_reused"
+        )
+    return found, created
+
+
+async def get(db: Database, job_id: str) -> Job:
+    row = await db.fetchrow("select * from jobs where id = $1", parse_id(job_id))
+    if row is None:
+        raise NotFound("no such job")
+    return Job.from_record(row)
+
+
+async def attempts(db: Database, job_id: str) -> list[Attempt]:
+    rows = await db.fetch(
+        """select attempt, provider, started_at, finished_at, outcome, error_code, error_message,
+                  provider_request_id
+           from job_attempts where job_id = $1 order by attempt""",
+        parse_id(job_id),
+    )
+    return [Attempt(**dict(r)) for r in rows]
+
+
+async def list_page(
+    db: Database,
+    *,
+    event_id: str | None = None,
+    status: str | None = None,
+    query: str | None = None,
+    booth_id: str | None = None,
+    limit: int = 50,
+    before: tuple[datetime, str] | None = None,
+) -> list[Job]:
+    """Newest first, keyset-paged on (created_at, id): pass the last row's pair as ``before``."""
+    clauses, args = [], []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if event_id is not None:
+        clauses.append(f"event_id = {arg(uuid.UUID(event_id))}")
+    if status is not None:
+        clauses.append(f"status = {arg(status)}")
+    if booth_id is not None:
+        clauses.append(f"booth_id = {arg(booth_id)}")
+    if query:
+        pattern = arg(
+            "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
+        clauses.append(f"(guest_name ilike {pattern} or guest_whatsapp like {pattern})")
+    if before is not None:
+        clauses.append(f"(created_at, id) < ({arg(before[0])}, {arg(uuid.UUID(before[1]))})")
+    where = ("where " + " and ".join(clauses)) if clauses else ""
+    rows = await db.fetch(
+        f"select * from jobs {where} order by created_at desc, id desc limit {arg(limit)}", *args
+    )
+    return [Job.from_record(r) for r in rows]
+
+
+async def claim(db: Database, job_id: str, worker: str, provider: str) -> Job | None:
+    """Start the next attempt: queued (or our own running job) → running, attempt row opened.
+
+    ``None`` when the job is no longer ours to run (canceled, finished, claimed elsewhere).
+    """
+
+    async def on_asyncio(conn: asyncpg.Connection) -> Record | None:
+        row = await conn.fetchrow(
+            """update jobs set status = 'running', claimed_by = $2, claimed_at = now(),
+                      started_at = coalesce(started_at, now()), attempts = attempts + 1,
+                      provider_used = $3, progress_stage = 'preprocessing', progress_percent = 1,
+                      error_code = null, error_message = null, updated_at = now()
+               where id = $1 and not cancel_requested
+                 and (status = 'queued' or (status = 'running' and claimed_by = $2))
+               returning *""",
+            uuid.UUID(job_id),
+            worker,
+            provider,
+        )
+        if row is not None:
+            await conn.execute(
+                "insert into job_attempts (job_id, attempt, provider) values ($1, $2, $3)",
+                row["id"],
+                row["attempts"],
+                provider,
+            )
+        return row
+
+    row = await db.run(on_asyncio)
+    return None if row is None else Job.from_record(row)
+
+
+async def progress(db: Database, job_id: str, stage: str, percent: int) -> None:
+    await db.execute(
+        """update jobs set progress_stage = $2, progress_percent = $3, updated_at = now()
+           where id = $1 and status = 'running'""",
+        uuid.UUID(job_id),
+        stage,
+        percent,
+    )
+
+
+async def end_attempt(
+    db: Database,
+    job_id: str,
+    attempt: int,
+    outcome: str,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    provider_request_id: str | None = None,
+) -> None:
+    await db.execute(
+        """update job_attempts set finished_at = now(), outcome = $3, error_code = $4,
+                  error_message = $5, provider_request_id = $6
+           where job_id = $1 and attempt = $2 and finished_at is null""",
+        uuid.UUID(job_id),
+        attempt,
+        outcome,
+        error_code,
+        error_message,
+        provider_request_id,
+    )
+
+
+async def succeed(
+    db: Database, job_id: str, worker: str, output_keys: list[str], best_output_key: str
+) -> Job | None:
+    row = await db.fetchrow(
+        """update jobs set status = 'succeeded', output_keys = $3, best_output_key = $4,
+                  progress_stage = 'done', progress_percent = 100, finished_at = now(),
+                  updated_at = now()
+           where id = $1 and status = 'running' and claimed_by = $2
+           returning *""",
+        uuid.UUID(job_id),
+        worker,
+        output_keys,
+        best_output_key,
+    )
+    return None if row is None else Job.from_record(row)
+
+
+async def fail(db: Database, job_id: str, code: str, message: str) -> Job | None:
+    row = await db.fetchrow(
+        """update jobs set status = 'failed', error_code = $2, error_message = $3,
+                  finished_at = now(), updated_at = now()
+           where id = $1 and status in ('queued', 'running')
+           returning *""",
+        uuid.UUID(job_id),
+        code,
+        message[:500],
+    )
+    return None if row is None else Job.from_record(row)
+
+
+async def mark_canceled(db: Database, job_id: str) -> Job | None:
+    """The pool honours a cancel request at a stage boundary."""
+    row = await db.fetchrow(
+        """update jobs set status = 'canceled', finished_at = now(), updated_at = now(),
+                  error_code = 'canceled', error_message = 'canceled by an operator'
+           where id = $1 and status in ('queued', 'running')
+           returning *""",
+        uuid.UUID(job_id),
+    )
+    return None if row is None else Job.from_record(row)
+
+
+async def request_cancel(db: Database, job_id: str) -> Job:
+    """Queued → canceled at once; running → flagged, interrupted at its next stage."""
+    jid = parse_id(job_id)
+
+    async def on_asyncio(conn: asyncpg.Connection) -> Record | None:
+        row = await conn.fetchrow(
+            """update jobs set status = 'canceled', cancel_requested = true, finished_at = now(),
+                      updated_at = now(), error_code = 'canceled',
+                      error_message = 'canceled by an operator'
+               where id = $1 and status = 'queued' returning *""",
+            jid,
+        )
+        if row is None:
+            row = await conn.fetchrow(
+                """update jobs set cancel_requested = true, updated_at = now()
+                   where id = $1 and status = 'running' returning *""",
+                jid,
+            )
+        if row is None:
+            row = await conn.fetchrow("select * from jobs where id = $1", jid)
+        return row
+
+    row = await db.run(on_asyncio)
+    if row is None:
+        raise NotFound("no such job")
+    return Job.from_record(row)
+
+
+async def is_cancel_requested(db: Database, job_id: str) -> bool:
+    return bool(
+        await db.fetchval("select cancel_requested from jobs where id = $1", uuid.UUID(job_id))
+    )
+
+
+async def requeue_mine(db: Database, worker: str) -> list[str]:
+    """After a restart: our running jobs go back to the queue; their open attempts end."""
+
+    async def on_asyncio(conn: asyncpg.Connection) -> list[Record]:
+        rows = await conn.fetch(
+            """update jobs set status = 'queued', claimed_by = null, progress_stage = 'queued',
+                      progress_percent = 0, updated_at = now()
+               where status = 'running' and claimed_by = $1 returning id""",
+            worker,
+        )
+        ids = [r["id"] for r in rows]
+        if ids:
+            await conn.execute(
+                """update job_attempts set finished_at = now(), outcome = 'interrupted',
+                          error_code = 'interrupted',
+                          error_message = 'the booth process stopped during this attempt'
+                   where job_id = any($1::uuid[]) and finished_at is null""",
+                ids,
+            )
+        return rows
+
+    return [str(r["id"]) for r in await db.run(on_asyncio)]
+
+
+async def queued_ids(db: Database, limit: int = 10_000) -> list[str]:
+    rows = await db.fetch(
+        "select id from jobs where status = 'queued' order by created_at, id limit $1", limit
+    )
+    return [str(r["id"]) for r in rows]
+
+
+def retry_of(parent: Job, *, operator_id: str | None) -> NewJob:
+    """A child job with the same input; the parent keeps its history."""
+    return NewJob(
+        id=new_job_id(),
+        event_id=parent.event_id,
+        session_id=parent.session_id,
+        parent_job_id=parent.id,
+        booth_id=parent.booth_id,
+        operator_id=operator_id,
+        source="retry",
+        mode=parent.mode,
+        style_id=parent.style_id,
+        provider=parent.provider,
+        guest_name=parent.guest_name,
+        guest_whatsapp=parent.guest_whatsapp,
+        input_key=parent.input_key,
+        input_sha256=parent.input_sha256,
+        input_type=parent.input_type,
+        input_bytes=parent.input_bytes,
+    )

@@ -1,0 +1,416 @@
+"""Jobs end to end on a live booth: real HTTP server, real actors, real PostgreSQL, Redis and
+storage, and the kie.ai stand-in speaking its real protocol (it fetches our signed input URL)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+import struct
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from PIL import Image
+
+from actors.pool import PoolConfig
+from photobot.bus import JobEvent
+from photobot.config import load_settings
+from photobot.providers.kie import KieProvider
+from photobot.root import Services, build_supervisor, open_services
+from tests.standins.kie import KieStandin, open_kie_standin
+from web.app import create_app
+
+PASSWORD = "jobs-test-password"
+KIE_KEY = "kie-test-key-123"
+
+
+def jpeg(width: int = 640, height: int = 480, color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
+    img = Image.new("RGB", (width, height), color)
+    img.putpixel((0, 0), (random.randrange(256), 0, 0))  # distinct bytes → distinct sha256
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims a huge image (900 MP)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@dataclass
+class Live:
+    services: Services
+    http: httpx.AsyncClient
+    kie: KieStandin
+    token: str = ""
+    events: list[JobEvent] = field(default_factory=list)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def event(self, **settings: Any) -> dict[str, Any]:
+        body = {"name": f"Party {random.randrange(10**6)}", "settings": settings}
+        r = await self.http.post("/events", json=body, headers=self.auth)
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def guest(self, event_id: str, name: str = "Ayu Lestari") -> dict[str, Any]:
+        r = await self.http.post(
+            "/sessions", json={"eventId": event_id, "name": name, "whatsapp": "08123456789"}
+        )
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def submit(
+        self, session: dict[str, Any], image: bytes | None = None, *, key: str | None = None,
+        filename: str = "shot.jpg", **fields: str,
+    ) -> httpx.Response:  # fmt: skip
+        headers = dict(self.auth)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        data = {"sessionId": session["sessionId"], "eventId": session["eventId"], **fields}
+        files = {"image": (filename, image if image is not None else jpeg(), "image/jpeg")}
+        return await self.http.post("/jobs", data=data, files=files, headers=headers)
+
+    async def wait_final(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                r = await self.http.get(f"/jobs/{job_id}", headers=self.auth)
+                body = r.json()
+                if body["status"] in ("succeeded", "failed", "canceled"):
+                    return body  # type: ignore[no-any-return]
+                await trio.sleep(0.05)
+
+
+@pytest.fixture
+async def live(
+    database_url: str, redis_url: Any, tmp_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[Live]:
+    async with open_kie_standin(api_key=KIE_KEY, polls_to_finish=2) as kie:
+        settings = load_settings(
+            database_url=database_url,
+            redis_url=redis_url.url,
+            redis_prefix=redis_url.prefix,
+            operator_password=PASSWORD,
+            kie_api_key=KIE_KEY,
+            kie_api_base_url=kie.url,
+            worker_concurrency_kie=2,
+        )
+        async with open_services(settings, tmp_path / "data") as services:
+            # Test-speed timings; the clients and the pool are the real ones.
+            services.pool.providers["kie"] = KieProvider(
+                KIE_KEY, base_url=kie.url, poll_interval=0.05, max_poll_interval=0.1, timeout=5
+            )
+            services.pool.reconfigure(PoolConfig(
+                backoff_base=0.05, backoff_max=0.2, breaker_threshold=3, breaker_cool_down=60,
+                flush_interval=0.05,
+            ))  # fmt: skip
+            supervisor = build_supervisor(services)
+            async with trio.open_nursery() as inner:
+                await inner.start(supervisor.run)
+                config = HypercornConfig()
+                config.bind = ["127.0.0.1:0"]
+                stop = trio.Event()
+                binds = await inner.start(
+                    functools.partial(
+                        serve, create_app(services), config, shutdown_trigger=stop.wait
+                    )
+                )
+                services.pool.public_base_url = binds[0]
+                async with httpx.AsyncClient(base_url=binds[0], timeout=30) as http:
+                    live = Live(services, http, kie)
+                    r = await http.post("/auth/login", json={"password": PASSWORD})
+                    live.token = r.json()["token"]
+
+                    async def record() -> None:
+                        async with services.bus.subscribe(capacity=10_000) as events:
+                            async for event in events:
+                                live.events.append(event)
+
+                    inner.start_soon(record)
+                    yield live
+                await supervisor.stop()
+                stop.set()
+                inner.cancel_scope.cancel()
+
+
+async def test_submit_follow_and_download_with_the_local_provider(live: Live) -> None:
+    event = await live.event()
+    session = await live.guest(event["id"])
+    r = await live.submit(session, jpeg(1200, 800), styleId="bw", mode="print_4x6")
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["guest"] == {
+        "name": "Ayu Lestari", "whatsapp": "+628123456789",
+    }  # fmt: skip
+    done = await live.wait_final(job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["providerUsed"] == "local" and done["progress"] == {"percent": 100, "stage": "done"}
+    assert [a["outcome"] for a in done["attemptsDetail"]] == ["succeeded"]
+    mine = [e for e in live.events if e.job_id == job["id"]]
+    assert list(dict.fromkeys(e.stage for e in mine)) == [
+        "preprocessing", "ai_processing", "uploading_output", "done",
+    ]  # fmt: skip
+    percents = [e.percent for e in mine]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert [e.status for e in mine if e.final] == ["succeeded"]
+
+    r = await live.http.get(f"/jobs/{job['id']}/download", headers=live.auth)
+    assert r.status_code == 302
+    image = await live.http.get(r.headers["Location"])
+    assert image.status_code == 200 and image.content.startswith(b"\xff\xd8")
+    out = Image.open(io.BytesIO(image.content))
+    assert out.size == (1200, 800)  # 3:2 crop of a 3:2 input, not upscaled
+    px = out.convert("RGB").getpixel((600, 400))
+    assert px[0] == px[1] == px[2]  # bw
+
+
+async def test_double_submit_with_one_idempotency_key_makes_one_job(live: Live) -> None:
+    event = await live.event()
+    session = await live.guest(event["id"])
+    photo = jpeg()
+    results: list[httpx.Response] = []
+
+    async def send() -> None:
+        results.append(await live.submit(session, photo, key="click-1"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        nursery.start_soon(send)
+    assert sorted(r.status_code for r in results) == [200, 201]
+    assert results[0].json()["id"] == results[1].json()["id"]
+    again = await live.submit(session, photo, key="click-1")
+    assert again.status_code == 200 and again.json()["id"] == results[0].json()["id"]
+    reused = await live.submit(session, jpeg(color=(1, 2, 3)), key="click-1")
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_reused"
+    count = await live.services.db.fetchval(
+        "select count(*) from jobs where idempotency_key = 'click-1'"
+    )
+    assert count == 1
+
+
+async def test_bad_input_is_a_clear_4xx(live: Live) -> None:
+    event = await live.event()
+    session = await live.guest(event["id"])
+    url = "/jobs"
+
+    async def error(r: httpx.Response, status: int, code: str | None = None) -> None:
+        assert r.status_code == status, r.text
+        body = r.json()
+        assert set(body["error"]) == {"code", "message"}
+        if code:
+            assert body["error"]["code"] == code, body
+
+    await error(await live.http.post(url, files={"image": ("a.jpg", jpeg())}), 401)
+    forged = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.bad"}
+    await error(await live.http.get("/jobs", headers=forged), 401)
+    await error(await live.submit(session, b"hello, not a photo"), 422, "unsupported_image")
+    await error(await live.submit(session, png_bomb()), 422, "image_too_large")
+    await error(await live.submit(session, mode="poster"), 422, "invalid_mode")
+    await error(await live.submit(session, styleId="neon"), 422, "invalid_style")
+    await error(await live.submit(session, provider="dalle"), 422, "invalid_provider")
+    await error(
+        await live.submit({**session, "sessionId": "00000000-0000-0000-0000-000000000000"}), 404
+    )
+    await error(await live.submit({**session, "sessionId": "nope"}), 404)
+    other = await live.event()
+    await error(
+        await live.submit({**session, "eventId": other["id"]}), 422, "session_event_mismatch"
+    )
+    no_image = await live.http.post(
+        url, data={"sessionId": session["sessionId"]}, headers=live.auth
+    )
+    await error(no_image, 422, "missing_field")
+    broken = await live.http.post(
+        url,
+        content=b'--xx\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc',
+        headers={**live.auth, "Content-Type": "multipart/form-data; boundary=xx"},
+    )
+    assert 400 <= broken.status_code < 500
+    too_big = await live.submit(session, b"\xff\xd8\xff" + b"0" * (60 * 1024 * 1024))
+    await error(too_big, 413)
+    await error(await live.http.get("/jobs/not-a-uuid", headers=live.auth), 404)
+    await error(
+        await live.http.get("/jobs/00000000-0000-0000-0000-000000000000", headers=live.auth), 404
+    )
+    await error(await live.http.get("/jobs?status=lost", headers=live.auth), 422, "invalid_status")
+    await error(await live.http.get("/jobs?cursor=%%%", headers=live.auth), 422, "invalid_cursor")
+    # A PNG named .jpg is taken for what it is.
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(png, "PNG")
+    r = await live.submit(session, png.getvalue(), filename="lies.jpg")
+    assert r.status_code == 201
+    assert (await live.wait_final(r.json()["id"]))["status"] == "succeeded"
+
+
+async def test_truncated_jpeg_fails_with_a_clear_code(live: Live) -> None:
+    event = await live.event()
+    session = await live.guest(event["id"])
+    whole = jpeg(800, 600)
+    r = await live.submit(session, whole[: len(whole) // 2])
+    assert r.status_code == 201
+    done = await live.wait_final(r.json()["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "image_truncated"
+    assert [a["outcome"] for a in done["attemptsDetail"]] == ["fatal_error"]
+
+
+async def test_kie_success_fetches_our_signed_input(live: Live) -> None:
+    event = await live.event()
+    session = await live.guest(event["id"])
+    r = await live.submit(session, provider="kie")
+    done = await live.wait_final(r.json()["id"])
+    assert done["status"] == "succeeded", done
+    assert done["providerUsed"] == "kie"
+    assert done["attemptsDetail"][0]["providerRequestId"]
+    image = await live.http.get(done["bestOutputUrl"])
+    assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+
+
+async def test_kie_transient_errors_are_retried_then_succeed(live: Live) -> None:
+    live.kie.add_fault(500, times=2, endpoint="createTask")
+    event = await live.event()
+    session = await live.guest(event["id"])
+    r = await live.submit(session, provider="kie")
+    done = await live.wait_final(r.json()["id"])
+    assert done["status"] == "succeeded", done
+    outcomes = [a["outcome"] for a in done["attemptsDetail"]]
+    assert outcomes == ["transient_error", "transient_error", "succeeded"]
+    assert done["attempts"] == 3
+
+
+async def test_kie_fatal_error_fails_at_once(live: Live) -> None:
+    live.kie.add_fault(402, times=5, endpoint="createTask")
+    event = await live.event()
+    session = await live.guest(event["id"])
+    r = await live.submit(session, provider="kie")
+    done = await live.wait_final(r.json()["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "insufficient_credits"
+    assert KIE_KEY not in done["error"]["message"]
+    assert [a["outcome"] for a in done["attemptsDetail"]] == ["fatal_error"]
+
+
+async def test_breaker_opens_and_the_chain_falls_back_to_local(live: Live) -> None:
+    live.kie.add_fault(503, times=1000, endpoint="*")
+    event = await live.event(fallbackChain=["kie", "local"])
+    session = await live.guest(event["id"])
+    first = await live.wait_final((await live.submit(session)).json()["id"])
+    assert first["status"] == "succeeded" and first["providerUsed"] == "local"
+    providers = [a["provider"] for a in first["attemptsDetail"]]
+    assert providers == ["kie", "kie", "kie", "local"]
+    assert live.services.pool.breakers["kie"].state == "open"
+    # With the breaker open, the next job does not even try kie.
+    second = await live.wait_final((await live.submit(session)).json()["id"])
+    assert [a["provider"] for a in second["attemptsDetail"]] == ["local"]
+
+
+async def test_timeout_is_transient_and_exhausting_attempts_fails(live: Live) -> None:
+    live.services.pool.providers["kie"] = KieProvider(
+        KIE_KEY, base_url=live.kie.url, poll_interval=0.05, max_poll_interval=0.05, timeout=0.3
+    )
+    for _ in range(3):
+        live.kie.script_next_task("stuck")
+    event = await live.event()
+    session = await live.guest(event["id"])
+    done = await live.wait_final((await live.submit(session, provider="kie")).json()["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "provider_timeout"
+    assert len(done["attemptsDetail"]) == 3
+
+
+async def test_cancel_running_and_queued_jobs(live: Live) -> None:
+    live.services.pool.providers["kie"] = KieProvider(
+        KIE_KEY, base_url=live.kie.url, poll_interval=0.05, max_poll_interval=0.05, timeout=60
+    )
+    for _ in range(3):
+        live.kie.script_next_task("stuck")
+    event = await live.event()
+    session = await live.guest(event["id"])
+    running = [(await live.submit(session, provider="kie")).json()["id"] for _ in range(2)]
+    queued = (await live.submit(session, provider="kie")).json()["id"]
+    with trio.fail_after(10):
+        while True:
+            states = [
+                (await live.http.get(f"/jobs/{j}", headers=live.auth)).json() for j in running
+            ]
+            if all(
+                s["status"] == "running" and s["progress"]["stage"] == "ai_processing"
+                for s in states
+            ):
+                break
+            await trio.sleep(0.05)
+    r = await live.http.post(f"/jobs/{queued}/cancel", headers=live.auth)
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    r = await live.http.post(f"/jobs/{running[0]}/cancel", headers=live.auth)
+    assert r.status_code == 200 and r.json()["cancelRequested"]
+    done = await live.wait_final(running[0], timeout=10)
+    assert done["status"] == "canceled"
+    assert [a["outcome"] for a in done["attemptsDetail"]] == ["canceled"]
+    # A canceled job cannot be canceled into something else, and a final one says so.
+    again = await live.http.post(f"/jobs/{queued}/cancel", headers=live.auth)
+    assert again.json()["status"] == "canceled"
+    await live.http.post(f"/jobs/{running[1]}/cancel", headers=live.auth)
+    assert (await live.wait_final(running[1], timeout=10))["status"] == "canceled"
+
+
+async def test_retry_makes_a_child_job(live: Live) -> None:
+    live.kie.add_fault(402, times=1, endpoint="createTask")
+    event = await live.event()
+    session = await live.guest(event["id"])
+    parent = await live.wait_final((await live.submit(session, provider="kie")).json()["id"])
+    assert parent["status"] == "failed"
+    r = await live.http.post(f"/jobs/{parent['id']}/retry", headers=live.auth)
+    assert r.status_code == 201
+    child = await live.wait_final(r.json()["id"])
+    assert child["status"] == "succeeded" and child["parentJobId"] == parent["id"]
+    assert child["source"] == "retry"
+    still = (await live.http.get(f"/jobs/{parent['id']}", headers=live.auth)).json()
+    assert still["status"] == "failed"  # the parent keeps its history
+
+
+async def test_list_filters_and_pages(live: Live) -> None:
+    event = await live.event()
+    ayu = await live.guest(event["id"], "Ayu")
+    budi = await live.guest(event["id"], "Budi")
+    ids = []
+    for session in (ayu, budi, ayu, budi, ayu):
+        ids.append((await live.submit(session)).json()["id"])
+    for job_id in ids:
+        await live.wait_final(job_id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"eventId": event["slug"], "limit": "2"} | ({"cursor": cursor} if cursor else {})
+        page = (await live.http.get("/jobs", params=params, headers=live.auth)).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["nextCursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    q = (
+        await live.http.get("/jobs", params={"eventId": event["id"], "q": "bud"}, headers=live.auth)
+    ).json()
+    assert len(q["items"]) == 2 and all(j["guest"]["name"] == "Budi" for j in q["items"])
+    done = await live.http.get(
+        "/jobs", params={"eventId": event["id"], "status": "succeeded"}, headers=live.auth
+    )
+    assert len(done.json()["items"]) == 5
+    assert all(j["bestOutputUrl"] for j in done.json()["items"])
