@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     kie_api_key: SecretStr | None = Field(None, validation_alias="KIE_API_KEY")
     kie_api_base_url: str = Field("https://api.kie.ai", validation_alias="KIE_API_BASE_URL")
     comfy_api_base_url: str | None = Field(None, validation_alias="COMFY_API_BASE_URL")
+    comfy_workflow_path: Path | None = Field(None, validation_alias="COMFY_WORKFLOW_PATH")
+    comfy_timeout_seconds: float = Field(300, gt=0, validation_alias="COMFY_TIMEOUT_SECONDS")
     worker_concurrency_local: int = Field(
         2, ge=1, le=64, validation_alias="WORKER_CONCURRENCY_LOCAL"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response, jsonify
+from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from photobot import errors
@@ -54,6 +54,15 @@ def status_for(exc: errors.PhotobotError) -> int:
     return 500
 
 
+def _close_if_body_may_be_unread(response: Response) -> Response:
+    """An error answered before the request body was read (401 on an upload, 413) leaves the
+    rest of that body on the connection; with Hypercorn the next request on it can then hang.
+    Closing costs the client one reconnect, and only on errors."""
+    if request.method in ("POST", "PUT", "PATCH") and response.status_code >= 400:
+        response.headers["Connection"] = "close"
+    return response
+
+
 def install(app: Quart) -> None:
     @app.errorhandler(errors.PhotobotError)
     async def domain_error(exc: errors.PhotobotError) -> Response:
@@ -65,7 +74,7 @@ def install(app: Quart) -> None:
             response.headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, errors.Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return _close_if_body_may_be_unread(response)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -73,12 +82,10 @@ def install(app: Quart) -> None:
             response = error_response(
                 413, "payload_too_large", "the request body is larger than this booth accepts"
             )
-            # The client may still be sending the rest of the body: close rather than leave
-            # the connection half-read for the next request.
-            response.headers["Connection"] = "close"
-            return response
+            return _close_if_body_may_be_unread(response)
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+        response = error_response(exc.code or 500, code, exc.description or exc.name or "error")
+        return _close_if_body_may_be_unread(response)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

@@ -41,7 +41,11 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     if settings.comfy_api_base_url:
         from photobot.providers.comfyui import ComfyUIProvider
 
-        providers["comfyui"] = ComfyUIProvider(settings.comfy_api_base_url)
+        providers["comfyui"] = ComfyUIProvider(
+            settings.comfy_api_base_url,
+            workflow_path=settings.comfy_workflow_path,
+            timeout=settings.comfy_timeout_seconds,
+        )
     if settings.kie_api_key is not None:
         from photobot.providers.kie import KieProvider
 
