@@ -30,8 +30,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 import actors
-from actors import cctv, gallery, hotfolder, registry
+from actors import cctv, gallery, registry
 from actors.dispatcher import Dispatcher
+from actors.hotfolder import HotfolderPaths, HotfolderWatcher
 from actors.pool import WorkerPool
 from actors.registry import SessionRegistry
 from photobot.bus import Bus
@@ -69,6 +70,7 @@ class Services:
     bus: Bus
     dispatcher: Dispatcher
     pool: WorkerPool
+    hotfolder: HotfolderWatcher
     started_at: float = field(default_factory=time.time)
     supervisor: Supervisor = field(init=False)
 
@@ -128,6 +130,9 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         wiring = actors.Wiring()
         bus = Bus()
         metrics = Metrics()
+        registry_ = SessionRegistry(db, cache, settings)
+        dispatcher = Dispatcher(db, wiring.dispatch[0])
+        hot_root = settings.hotfolder_path or data_dir / "hotfolder"
         yield Services(
             settings=settings,
             data_dir=data_dir,
@@ -137,10 +142,10 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
             secrets=secrets,
             metrics=metrics,
             backends=backends,
-            registry=SessionRegistry(db, cache, settings),
+            registry=registry_,
             wiring=wiring,
             bus=bus,
-            dispatcher=Dispatcher(db, wiring.dispatch[0]),
+            dispatcher=dispatcher,
             pool=WorkerPool(
                 db=db,
                 storage=storage,
@@ -151,6 +156,22 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 default_chain=[settings.ai_provider_default, "local"],
                 worker_id=settings.booth_id,
                 public_base_url=settings.public_base_url,
+            ),
+            hotfolder=HotfolderWatcher(
+                paths=HotfolderPaths.under(
+                    hot_root.absolute(),
+                    processed=settings.processed_path,
+                    orphan=settings.orphan_path,
+                    invalid=settings.invalid_path,
+                ),
+                booth_id=settings.booth_id,
+                registry=registry_,
+                dispatcher=dispatcher,
+                storage=storage,
+                cache=cache,
+                db=db,
+                metrics=metrics,
+                stability_delay=settings.file_stability_delay_ms / 1000,
             ),
         )
 
@@ -192,7 +213,7 @@ def actor_specs(services: Services) -> list[ChildSpec]:
             Restart.PERMANENT,
             quick,
         ),
-        ChildSpec("hotfolder_watcher", hotfolder.run, Restart.PERMANENT, quick),
+        ChildSpec("hotfolder_watcher", services.hotfolder.run, Restart.PERMANENT, quick),
         ChildSpec("cctv_poller", cctv.run, Restart.PERMANENT, quick),
     ]
 
