@@ -88,7 +88,10 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
             dsn = settings.database_url.get_secret_value()
             backends["database"] = "external postgresql"
         db = await stack.enter_async_context(
-            Database.open(dsn, max_size=settings.database_pool_size)
+            # All connections up front: opening one mid-burst costs ~0.3 s on a busy box.
+            Database.open(
+                dsn, min_size=settings.database_pool_size, max_size=settings.database_pool_size
+            )
         )
         await migrate(db)
 
@@ -318,13 +321,13 @@ async def _serve(
     on_ready: Callable[[list[str]], None],
     prepare: Callable[[Services], Awaitable[None]] | None,
 ) -> None:
-    from web.app import create_app  # the web layer depends on the core, never the reverse
+    from web.app import create_asgi  # the web layer depends on the core, never the reverse
 
     async with open_services(settings, data_dir) as services:
         if prepare is not None:
             await prepare(services)
         supervisor = build_supervisor(services)
-        app = create_app(services)
+        app = create_asgi(services)
         stop_http = trio.Event()
 
         config = HypercornConfig()

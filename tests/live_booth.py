@@ -26,7 +26,7 @@ from photobot.config import load_settings
 from photobot.providers.kie import KieProvider
 from photobot.root import Services, build_supervisor, open_services
 from tests.standins.kie import KieStandin, open_kie_standin
-from web.app import create_app
+from web.app import create_asgi
 
 PASSWORD = "jobs-test-password"
 KIE_KEY = "kie-test-key-123"
@@ -132,7 +132,7 @@ async def open_live(
                 stop = trio.Event()
                 binds = await inner.start(
                     functools.partial(
-                        serve, create_app(services), config, shutdown_trigger=stop.wait
+                        serve, create_asgi(services), config, shutdown_trigger=stop.wait
                     )
                 )
                 services.pool.public_base_url = binds[0]

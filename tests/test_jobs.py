@@ -286,3 +286,33 @@ async def test_list_filters_and_pages(live: Live) -> None:
     )
     assert len(done.json()["items"]) == 5
     assert all(j["bestOutputUrl"] for j in done.json()["items"])
+
+
+async def test_event_frame_is_applied_to_every_photo(live: Live) -> None:
+    event = await live.event()
+    frame = Image.new("RGBA", (300, 200), (0, 0, 0, 0))
+    for x in range(300):
+        for y in range(12):
+            frame.putpixel((x, y), (255, 0, 0, 255))  # an opaque red band along the top
+    out = io.BytesIO()
+    frame.save(out, "PNG")
+    r = await live.http.put(
+        f"/events/{event['id']}/frame",
+        content=out.getvalue(),
+        headers={**live.auth, "Content-Type": "image/png"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["settings"]["frameKey"].endswith(".png")
+    not_png = await live.http.put(
+        f"/events/{event['id']}/frame", content=jpeg(), headers={**live.auth}
+    )
+    assert not_png.status_code == 422 and not_png.json()["error"]["code"] == "invalid_frame"
+
+    session = await live.guest(event["id"])
+    done = await live.wait_final((await live.submit(session, jpeg(600, 400))).json()["id"])
+    assert done["status"] == "succeeded"
+    styled = Image.open(io.BytesIO((await live.http.get(done["bestOutputUrl"])).content))
+    r_, g_, b_ = styled.convert("RGB").getpixel((300, 5))
+    assert r_ > 200 and g_ < 60 and b_ < 60
+    r_, g_, b_ = styled.convert("RGB").getpixel((300, 300))
+    assert (r_, g_, b_) != (255, 0, 0)

@@ -413,11 +413,6 @@ def test_sigterm_with_a_job_running_exits_in_grace_and_the_job_finishes_once_aft
     assert slow.state()["calls"]["createTask"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Quart-Trio cancels Hypercorn's idle-timer restart: an idle keep-alive connection is "
-    "never closed, so SIGTERM waits the whole SHUTDOWN_GRACE_SECONDS for it",
-)
 def test_sigterm_is_not_held_up_by_an_idle_keep_alive_client(data_dir: Path) -> None:
     grace = 3
     booth = Booth(data_dir, [], booth_env(SHUTDOWN_GRACE_SECONDS=str(grace)))

@@ -7,6 +7,9 @@ test can build an app around any set of services.
 
 from __future__ import annotations
 
+from typing import Any
+
+import trio
 from quart_trio import QuartTrio
 
 from photobot.root import Services
@@ -35,3 +38,39 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(booth.bp)
     return app
+
+
+class FinalSendShield:
+    """ASGI wrapper: the response's last ``send`` is shielded from the app's own cancellation.
+
+    Quart-Trio cancels a request's tasks as soon as Hypercorn reports ``http.disconnect``, which
+    Hypercorn does *during* the final ``send`` — exactly when it re-arms the connection's
+    keep-alive idle timer. Cancelled there, the timer never runs: idle keep-alive connections
+    (every browser and phone keeps one) were never closed, and a graceful shutdown waited the
+    full grace period for them. The shield is bounded so a client that stops reading cannot hold
+    a request forever.
+    """
+
+    def __init__(self, app: Any, limit: float = 30.0) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.move_on_after(self.limit) as scope_:
+                    scope_.shield = True
+                    await send(message)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, guarded_send)
+
+
+def create_asgi(services: Services) -> FinalSendShield:
+    """The app as Hypercorn should serve it."""
+    return FinalSendShield(create_app(services))

@@ -73,8 +73,6 @@ STAGES = ("preprocessing", "ai_processing", "uploading_output")
 #: Rows of the time-share table: the interval that ends at each stage's start, then the stages.
 PHASES = ("upload (POST→201)", "queued wait", *STAGES)
 
-log = logging.getLogger("bench_jobs")
-
 
 # -- photos (run before trio starts, partly in worker processes) ----------------------------
 
@@ -502,8 +500,13 @@ def report(args: argparse.Namespace, res: Result, photos: list[Path], prep: floa
         f"max {max(e2e):.2f} s"
     )
     print(
-        f"POST → 201 (HTTP upload): p50 {percentile(upload, 50):.2f} s, "
+        f"POST → 201 (HTTP upload): min {min(upload):.2f} s, p50 {percentile(upload, 50):.2f} s, "
         f"p95 {percentile(upload, 95):.2f} s, max {max(upload):.2f} s"
+    )
+    first_pre = min(t.stages["preprocessing"] for t in res.times)
+    print(
+        f"first job started preprocessing {first_pre - first:.2f} s after the first POST "
+        "(the workers are idle until then)"
     )
     print("share of summed job time (mean per job):")
     for name, total in zip(PHASES, totals, strict=True):

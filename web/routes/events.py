@@ -6,6 +6,7 @@
 - ``GET /events`` → ``{"events": [event, …]}``, newest first.
 - ``GET /events/<idOrSlug>`` → the event; unknown → 404 ``event_not_found``.
 - ``PATCH /events/<idOrSlug> {"name"?, "slug"?, "visibility"?, "settings"?}`` → the event.
+- ``PUT /events/<idOrSlug>/frame`` (a PNG) → the event, its ``frameKey`` naming the upload.
 
 An event is ``{"id", "slug", "name", "visibility", "settings": {"defaultStyle",
 "fallbackChain", "frameKey", "branding"}, "createdAt", "updatedAt"}``.
@@ -13,9 +14,14 @@ An event is ``{"id", "slug", "name", "visibility", "settings": {"defaultStyle",
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, jsonify
+import hashlib
 
+import trio
+from quart import Blueprint, Response, jsonify, request
+
+from photobot.errors import InvalidInput, PayloadTooLarge
 from photobot.events import create_event, list_events, resolve_event, update_event
+from photobot.imaging import probe_image
 from web.auth import json_object, require_operator
 from web.deps import services
 
@@ -50,3 +56,30 @@ async def get_event(id_or_slug: str) -> Response:
 async def patch_event(id_or_slug: str) -> Response:
     body = await json_object()
     return jsonify((await update_event(services().db, id_or_slug, body)).to_api())
+
+
+#: A frame overlay is a PNG with transparency, at most the size of a print.
+MAX_FRAME_BYTES = 15 * 1024 * 1024
+
+
+@bp.put("/events/<id_or_slug>/frame")
+@require_operator
+async def put_frame(id_or_slug: str) -> Response:
+    """Upload the event's frame overlay: the raw PNG as the body (``Content-Type: image/png``)
+    or a multipart field ``frame``. Stored, then named in the event's ``frameKey``."""
+    s = services()
+    event = await resolve_event(s.db, id_or_slug)
+    files = await request.files
+    if "frame" in files:
+        data = files["frame"].read(MAX_FRAME_BYTES + 1)
+    else:
+        data = await request.get_data(cache=False)
+    if len(data) > MAX_FRAME_BYTES:
+        raise PayloadTooLarge(f"a frame must be at most {MAX_FRAME_BYTES // 2**20} MB")
+    info = await trio.to_thread.run_sync(lambda: probe_image(data, max_pixels=40_000_000))
+    if info.content_type != "image/png":
+        raise InvalidInput("a frame must be a PNG (with transparency)", code="invalid_frame")
+    key = f"events/{event.id}/frame-{hashlib.sha256(data).hexdigest()[:16]}.png"
+    await s.storage.put(key, data, "image/png")
+    updated = await update_event(s.db, str(event.id), {"settings": {"frameKey": key}})
+    return jsonify(updated.to_api())
