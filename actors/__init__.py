@@ -27,6 +27,20 @@ from dataclasses import dataclass, field
 import trio
 
 
+@dataclass(frozen=True)
+class GalleryMessage:
+    """One message for every guest watching an event's gallery (room ``event:{slug}``).
+
+    ``type`` is ``photo:upload:complete`` or ``photo:updated``; ``data`` holds the rest of the
+    seed's payload (``photo_id``, never ``photoId``). Encoded once by the broadcaster, however
+    many guests receive it.
+    """
+
+    event_slug: str
+    type: str
+    data: dict[str, object]
+
+
 def _channel(capacity: int) -> tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel]:
     return trio.open_memory_channel(capacity)
 
@@ -41,6 +55,9 @@ class Wiring:
     - ``work``: runnable jobs → AI worker pool. Capacity 64; the dispatcher waits when full.
     - ``publish``: gallery events → gallery broadcaster. Capacity 1024; the sender waits when
       full (the broadcaster never blocks on a guest, so it drains fast).
+    - ``optimize``: image job ids → the built-in image optimizer. Capacity 256; the sender
+      does not wait when full (the image job row is PENDING in PostgreSQL and the optimizer's
+      sweep picks it up).
     - ``clip_trigger``: clip request ids from ``POST /trigger`` → CCTV poller. Capacity 64; the
       HTTP handler answers 503 when full instead of waiting.
     """
@@ -54,6 +71,9 @@ class Wiring:
     publish: tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel] = field(
         default_factory=lambda: _channel(1024)
     )
+    optimize: tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel] = field(
+        default_factory=lambda: _channel(256)
+    )
     clip_trigger: tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel] = field(
         default_factory=lambda: _channel(64)
     )
@@ -62,5 +82,5 @@ class Wiring:
         """Items waiting in each inbox (for /metrics' queue depth)."""
         return {
             name: getattr(self, name)[1].statistics().current_buffer_used
-            for name in ("dispatch", "work", "publish", "clip_trigger")
+            for name in ("dispatch", "work", "publish", "optimize", "clip_trigger")
         }

@@ -17,6 +17,9 @@ second after the last byte; or, for anything else, size and mtime unchanged for
 ``FILE_STABILITY_DELAY_MS``. An image still truncated after ``truncated_grace`` goes to
 ``invalid/``.
 
+In gallery mode (roaming photographer) a file becomes a photo of the event's gallery directly,
+stored under a key derived from its content and deduplicated by its SHA-256, instead of a job.
+
 Handling one file (every step is safe to repeat: a crash between any two of them makes the next
 run redo the file and reach the same end):
 
@@ -53,8 +56,10 @@ from photobot.db import Database
 from photobot.errors import CacheError, InvalidInput, PhotobotError, StorageError
 from photobot.imaging import probe_image
 from photobot.metrics import Metrics
+from photobot.photos import NewPhoto
+from photobot.publishing import Publisher
 from photobot.storage import Storage
-from photobot.storage.keys import job_input_key
+from photobot.storage.keys import job_input_key, photo_key
 from photobot.supervisor import ChildContext
 
 log = logging.getLogger("photobot.hotfolder")
@@ -163,6 +168,7 @@ class HotfolderWatcher:
     cache: Cache
     db: Database
     metrics: Metrics
+    publisher: Publisher
     stability_delay: float = 2.0
     tick: float = 0.05
     rescan_interval: float = 1.0
@@ -341,6 +347,9 @@ class HotfolderWatcher:
             log.info("no active session: file moved to orphan", extra={"file": path.name})
             return "orphan"
 
+        if active.mode == "gallery":
+            return await self._publish(path, active, data, digest, info.content_type)
+
         owner = active.session_id or f"gallery:{active.event_id}"
         redis_key = f"idemp:hotfolder:{owner}:{digest[:16]}"
         job_id = jobs.new_job_id()
@@ -360,6 +369,28 @@ class HotfolderWatcher:
             return "processed"
         log.info("same photo again: no second job", extra={"jobId": job.id, "file": path.name})
         return "duplicate"
+
+    async def _publish(
+        self, path: Path, active: ActiveSession, data: bytes, digest: str, content_type: str
+    ) -> str:
+        """Roaming photographer: the file goes straight to the event's gallery, no AI job."""
+        key = photo_key(active.event_id, digest, _EXTENSIONS[content_type], date.today())
+        await self.storage.put(key, data, content_type)  # content-addressed: a redo rewrites it
+        photo, created = await self.publisher.publish(
+            NewPhoto(
+                event_id=active.event_id,
+                source="hotfolder",
+                original_key=key,
+                content_type=content_type,
+                size_bytes=len(data),
+                sha256=digest,
+                uploaded_by=active.operator_id,
+            )
+        )
+        await self.registry.refresh_active(self.booth_id)
+        await self._move(path, self.paths.processed)
+        log.info("photo published from hotfolder", extra={"photoId": photo.id, "file": path.name})
+        return "published" if created else "duplicate"
 
     def _new_job(
         self,
@@ -390,10 +421,12 @@ class HotfolderWatcher:
         )
 
     async def _already_made(self, digest: str) -> bool:
+        """Did a previous run already turn these bytes into a job (this booth) or a photo?"""
         return bool(
             await self.db.fetchval(
                 "select exists (select 1 from jobs where source = 'hotfolder' and booth_id = $1"
-                " and input_sha256 = $2)",
+                " and input_sha256 = $2)"
+                " or exists (select 1 from photos where source = 'hotfolder' and sha256 = $2)",
                 self.booth_id,
                 digest,
             )

@@ -46,6 +46,7 @@ from photobot.providers import (
     ProviderOutput,
     TransientProviderError,
 )
+from photobot.publishing import Publisher
 from photobot.storage import Storage
 from photobot.storage.keys import job_output_key
 from photobot.supervisor import ChildContext
@@ -99,6 +100,7 @@ class WorkerPool:
         default_chain: Sequence[str],
         worker_id: str,
         public_base_url: str | None = None,
+        publisher: Publisher | None = None,
         config: PoolConfig | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -110,6 +112,7 @@ class WorkerPool:
         self.default_chain = list(default_chain)
         self.worker_id = worker_id
         self.public_base_url = public_base_url
+        self.publisher = publisher
         self.rng = rng or random.Random()
         self.limiters = {name: trio.CapacityLimiter(concurrency.get(name, 1)) for name in providers}
         self.in_flight: set[str] = set()
@@ -129,6 +132,8 @@ class WorkerPool:
         requeued = await jobs.requeue_mine(self.db, self.worker_id)
         if requeued:
             log.info("requeued interrupted jobs", extra={"count": len(requeued)})
+        if self.publisher is not None:
+            await self.publisher.recover(self.storage.size)
         pending = trio.Semaphore(self.config.max_pending)
         async with trio.open_nursery() as nursery:
             ctx.started()
@@ -308,6 +313,10 @@ class WorkerPool:
         if done is not None:
             self._finished(done)
             log.info("job succeeded", extra={"jobId": job.id, "provider": name})
+            if self.publisher is not None:
+                best = output.images[min(max(output.best, 0), len(keys) - 1)]
+                with trio.CancelScope(shield=True):
+                    await self.publisher.publish_job(done, len(best.data), best.content_type)
         return output
 
     def _check_cancel(self, run: _Running) -> None:

@@ -44,6 +44,7 @@ from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.local_secrets import LocalSecrets, load_or_create
 from photobot.metrics import Metrics
 from photobot.providers import build_providers, concurrency
+from photobot.publishing import Publisher
 from photobot.storage import LocalStorage, S3Storage, Storage
 from photobot.supervisor import ChildSpec, Restart, Supervisor, SupervisorEvent
 
@@ -71,6 +72,7 @@ class Services:
     dispatcher: Dispatcher
     pool: WorkerPool
     hotfolder: HotfolderWatcher
+    publisher: Publisher
     started_at: float = field(default_factory=time.time)
     supervisor: Supervisor = field(init=False)
 
@@ -135,6 +137,7 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         metrics = Metrics()
         registry_ = SessionRegistry(db, cache, settings)
         dispatcher = Dispatcher(db, wiring.dispatch[0])
+        publisher = Publisher(db, wiring.publish[0])
         hot_root = settings.hotfolder_path or data_dir / "hotfolder"
         yield Services(
             settings=settings,
@@ -159,7 +162,9 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 default_chain=[settings.ai_provider_default, "local"],
                 worker_id=settings.booth_id,
                 public_base_url=settings.public_base_url,
+                publisher=publisher,
             ),
+            publisher=publisher,
             hotfolder=HotfolderWatcher(
                 paths=HotfolderPaths.under(
                     hot_root.absolute(),
@@ -174,6 +179,7 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 cache=cache,
                 db=db,
                 metrics=metrics,
+                publisher=publisher,
                 stability_delay=settings.file_stability_delay_ms / 1000,
             ),
         )

@@ -252,7 +252,7 @@ async def test_files_present_at_start_are_handled_once(
         ]  # fmt: skip
 
 
-async def test_gallery_mode_makes_jobs_without_a_guest(hot: Live) -> None:
+async def test_gallery_mode_publishes_photos_without_a_guest(hot: Live) -> None:
     event = await hot.event()
     r = await hot.http.post(
         f"/booth/{BOOTH}/active-session",
@@ -260,10 +260,17 @@ async def test_gallery_mode_makes_jobs_without_a_guest(hot: Live) -> None:
         headers=hot.auth,
     )
     assert r.status_code == 200, r.text
-    (folder(hot) / "ROAM.JPG").write_bytes(photo())
+    data = photo(seed=77)
+    (folder(hot) / "ROAM.JPG").write_bytes(data)
     await wait_files(hot.services.hotfolder.paths.processed, 1)
-    jobs = await hot_jobs(hot)
-    assert len(jobs) == 1 and jobs[0]["session_id"] is None
+    (folder(hot) / "ROAM.JPG").write_bytes(data)  # the same shot again: still one photo
+    await wait_files(hot.services.hotfolder.paths.processed, 2)
+    assert await hot_jobs(hot) == []  # a roaming photographer's shots are not styled
+    rows = await hot.services.db.fetch(
+        "select source, session_id, sha256 from photos where event_id = $1", event["id"]
+    )
+    assert [(r["source"], r["session_id"]) for r in rows] == [("hotfolder", None)]
+    assert rows[0]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 async def test_burst_of_100_files_at_10_per_second(hot: Live) -> None:

@@ -15,7 +15,7 @@ from quart_trio import QuartTrio
 from photobot.root import Services
 from web import auth, cors, errors
 from web.routes import auth as auth_routes
-from web.routes import booth, events, files, jobs, ops, sessions
+from web.routes import booth, events, files, jobs, ops, photos, sessions
 
 #: Largest request body accepted anywhere (uploads of 24 MP JPEGs fit with room to spare);
 #: larger bodies get 413 before they are read.
@@ -37,6 +37,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(sessions.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(booth.bp)
+    app.register_blueprint(photos.bp)
     return app
 
 

@@ -91,3 +91,15 @@ def optimized_key(raw: str) -> str:
     if match is None:
         raise InvalidKey("not a raw/ key")
     return validate_key(f"optimized/{match['stem']}-optimized.webp")
+
+
+def photo_key(event_id: Id, name: str, ext: str, day: date) -> str:
+    """``events/{eventId}/{yyyy-mm-dd}/photos/{name}.{ext}``: a gallery photo uploaded as is
+    (operator upload, roaming photographer). ``name`` is content-derived (a SHA-256 prefix) so
+    a redone upload lands on the same key."""
+    if not re.fullmatch(r"[0-9a-f]{16,64}", name):
+        raise InvalidKey("photo name must be lowercase hex")
+    return validate_key(
+        f"events/{_segment(event_id, 'event_id')}/{_day(day)}/photos/{name[:32]}"
+        f".{normalize_ext(ext)}"
+    )
