@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from photobot.root import Services
 
 CHECK_TIMEOUT = 2.0
+#: Supervisor events (started, crashed, restarting in N s, gave up) shown, newest last.
+RECENT_EVENTS = 20
 
 
 async def _probe(check: Callable[[], Awaitable[None]]) -> dict[str, Any]:
@@ -64,6 +66,17 @@ async def report(services: Services) -> tuple[dict[str, Any], int]:
         status = "degraded"
     else:
         status = "ok"
+    now = trio.current_time()
+    recent = [
+        {
+            "kind": e.kind,
+            "actor": e.child,
+            "secondsAgo": round(now - e.at, 1),
+            "error": e.error,
+            "delaySeconds": None if e.delay is None else round(e.delay, 2),
+        }
+        for e in services.supervisor.events[-RECENT_EVENTS:]
+    ]
     body = {
         "status": status,
         "version": photobot.__version__,
@@ -71,6 +84,7 @@ async def report(services: Services) -> tuple[dict[str, Any], int]:
         "uptimeSeconds": round(time.time() - services.started_at, 1),
         "checks": checks,
         "actors": actors,
+        "supervisorEvents": recent,
     }
     return body, 503 if status == "down" else 200
 

@@ -137,3 +137,13 @@ def test_unreachable_external_database_exits_with_one_line(tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("photobot: database unavailable")
+
+
+def test_migrate_command_applies_and_reports(data_dir: Path) -> None:
+    command = [sys.executable, "-m", "photobot", "migrate", "--data-dir", str(data_dir)]
+    first = subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"database schema at version {load_migrations()[-1].version}"
+    again = subprocess.run(command, capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert processes_mentioning(str(data_dir)) == []

@@ -92,6 +92,10 @@ async def test_crashing_actor_shows_in_health_and_metrics(
     flaky_status = body["actors"][1]
     assert flaky_status["restarts"] == 2
     assert flaky_status["lastError"] == "RuntimeError: boom 2"
+    kinds = [(e["kind"], e["actor"]) for e in body["supervisorEvents"]]
+    assert kinds.count(("crashed", "flaky")) == 2 and kinds.count(("restarting", "flaky")) == 2
+    crashed = [e for e in body["supervisorEvents"] if e["kind"] == "crashed"]
+    assert crashed[-1]["error"] == "RuntimeError: boom 2" and crashed[-1]["delaySeconds"] > 0
     text = (await (await client.get("/metrics")).get_data()).decode()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
