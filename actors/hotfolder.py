@@ -12,10 +12,10 @@ timer of our own (every ``tick``) decides when each one is complete. A full list
 picks up files left from before.
 
 Complete means: the bytes end the way a whole JPEG/PNG/WebP ends (EOI marker, IEND chunk, RIFF
-length) and size and mtime did not change over one more tick — the common case, a fraction of a
-second after the last byte; or, for anything else, size and mtime unchanged for
-``FILE_STABILITY_DELAY_MS``. An image still truncated after ``truncated_grace`` goes to
-``invalid/``.
+length) and size and mtime are unchanged ``whole_quiet`` later — the common case, tens of
+milliseconds after the last byte (a watch event triggers a look at once); or, for anything
+else, size and mtime unchanged for ``FILE_STABILITY_DELAY_MS``. An image still truncated after
+``truncated_grace`` goes to ``invalid/``.
 
 In gallery mode (roaming photographer) a file becomes a photo of the event's gallery directly,
 stored under a key derived from its content and deduplicated by its SHA-256, instead of a job.
@@ -54,7 +54,7 @@ from photobot import jobs
 from photobot.cache import Cache
 from photobot.db import Database
 from photobot.errors import CacheError, InvalidInput, PhotobotError, StorageError
-from photobot.imaging import probe_image
+from photobot.imaging import ImageInfo, probe_image
 from photobot.metrics import Metrics
 from photobot.photos import NewPhoto
 from photobot.publishing import Publisher
@@ -171,12 +171,15 @@ class HotfolderWatcher:
     publisher: Publisher
     stability_delay: float = 2.0
     tick: float = 0.05
+    #: How long a file that already ends like a whole image must stay unchanged.
+    whole_quiet: float = 0.02
     rescan_interval: float = 1.0
     truncated_grace: float = 10.0
     retry_base: float = 0.5
     retry_max: float = 10.0
-    workers: int = 2
+    workers: int = 4
     _candidates: dict[Path, _Candidate] = field(default_factory=dict)
+    _poke: trio.Event = field(default_factory=trio.Event)
     _busy: set[Path] = field(default_factory=set)
     #: Files waiting on a dependency (Redis, storage): visible in /health through the actor.
     waiting: dict[str, str] = field(default_factory=dict)
@@ -222,7 +225,7 @@ class HotfolderWatcher:
         ):  # fmt: skip
             now = trio.current_time()
             for _, path in changes:
-                self._nominate(Path(path), now)
+                self._nominate(Path(path), now, from_event=True)
 
     async def _rescan_forever(self) -> None:
         while True:
@@ -244,13 +247,20 @@ class HotfolderWatcher:
             self._make_folders()
             return []
 
-    def _nominate(self, path: Path, now: float) -> None:
+    def _nominate(self, path: Path, now: float, *, from_event: bool = False) -> None:
         if path not in self._candidates and path not in self._busy:
             self._candidates[path] = _Candidate(path, changed_at=now)
+        if from_event:
+            self._poke.set()  # look now: the event may be the file's last write
 
     async def _decide_forever(self, ready: trio.MemorySendChannel[Path]) -> None:
         while True:
-            await trio.sleep(self.tick)
+            # A file that looks whole is checked again after `whole_quiet`; otherwise the next
+            # tick, or at once when a watch event comes in.
+            waiting_whole = any(c.whole_since is not None for c in self._candidates.values())
+            with trio.move_on_after(self.whole_quiet if waiting_whole else self.tick):
+                await self._poke.wait()
+            self._poke = trio.Event()
             if self._candidates:
                 now = trio.current_time()
                 for path in await trio.to_thread.run_sync(self._complete, now):
@@ -276,8 +286,8 @@ class HotfolderWatcher:
                     c.whole_since = now
                 continue
             quiet = now - c.changed_at
-            if c.retry_at or (c.whole_since is not None and quiet >= self.tick):
-                done.append(path)  # whole and unchanged over one more tick (or a retry)
+            if c.retry_at or (c.whole_since is not None and quiet >= self.whole_quiet):
+                done.append(path)  # whole, and unchanged a moment later (or a retry)
             elif quiet >= self.stability_delay and c.size > 0:
                 # Not a whole image yet. An image being written slowly may pause: give it
                 # longer. Anything else: stable is all there is to wait for.
@@ -329,14 +339,13 @@ class HotfolderWatcher:
             await self._invalid(path, f"file is larger than {MAX_FILE_BYTES // 2**20} MB")
             return "invalid"
         try:
-            info = await trio.to_thread.run_sync(lambda: probe_image(data, max_pixels=MAX_PIXELS))
+            info, digest = await trio.to_thread.run_sync(_inspect, data)
         except InvalidInput as exc:
             await self._invalid(path, f"{exc.code}: {exc.message}")
             return "invalid"
         if not ends_whole(data[:12], data[-4096:], len(data)):
             await self._invalid(path, "image_truncated: the file ends before the image does")
             return "invalid"
-        digest = hashlib.sha256(data).hexdigest()
 
         active = await self.registry.active_session(self.booth_id)
         if active is None:
@@ -450,6 +459,11 @@ class HotfolderWatcher:
 
         await trio.to_thread.run_sync(move)
         log.warning("invalid file", extra={"file": path.name, "reason": reason})
+
+
+def _inspect(data: bytes) -> tuple[ImageInfo, str]:
+    """Header check and hash together: one thread hop, nothing heavy on the event loop."""
+    return probe_image(data, max_pixels=MAX_PIXELS), hashlib.sha256(data).hexdigest()
 
 
 class _TooLarge(Exception):

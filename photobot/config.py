@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     file_stability_delay_ms: int = Field(
         2000, ge=0, le=60000, validation_alias="FILE_STABILITY_DELAY_MS"
     )
+    hotfolder_workers: int = Field(4, ge=1, le=32, validation_alias="HOTFOLDER_WORKERS")
     active_session_ttl_seconds: int = Field(
         1800, ge=10, validation_alias="ACTIVE_SESSION_TTL_SECONDS"
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from photobot.db import Database, Record
+from photobot.db import Database, Record, from_record
 from photobot.errors import Conflict, NotFound
 
 FINAL = ("succeeded", "failed", "canceled")
@@ -65,43 +65,7 @@ class Job:
 
     @classmethod
     def from_record(cls, r: Record) -> Job:
-        def s(v: Any) -> str | None:
-            return None if v is None else str(v)
-
-        return cls(
-            id=str(r["id"]),
-            event_id=str(r["event_id"]),
-            session_id=s(r["session_id"]),
-            parent_job_id=s(r["parent_job_id"]),
-            booth_id=r["booth_id"],
-            operator_id=r["operator_id"],
-            source=r["source"],
-            status=r["status"],
-            mode=r["mode"],
-            style_id=r["style_id"],
-            provider=r["provider"],
-            provider_used=r["provider_used"],
-            guest_name=r["guest_name"],
-            guest_whatsapp=r["guest_whatsapp"],
-            input_key=r["input_key"],
-            input_sha256=r["input_sha256"],
-            input_type=r["input_type"],
-            input_bytes=r["input_bytes"],
-            output_keys=list(r["output_keys"]),
-            best_output_key=r["best_output_key"],
-            progress_percent=r["progress_percent"],
-            progress_stage=r["progress_stage"],
-            error_code=r["error_code"],
-            error_message=r["error_message"],
-            attempts=r["attempts"],
-            cancel_requested=r["cancel_requested"],
-            idempotency_key=r["idempotency_key"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            started_at=r["started_at"],
-            finished_at=r["finished_at"],
-            claimed_by=r["claimed_by"],
-        )
+        return from_record(cls, r)
 
     @property
     def final(self) -> bool:
@@ -216,7 +180,7 @@ async def attempts(db: Database, job_id: str) -> list[Attempt]:
            from job_attempts where job_id = $1 order by attempt""",
         parse_id(job_id),
     )
-    return [Attempt(**dict(r)) for r in rows]
+    return [from_record(Attempt, r) for r in rows]
 
 
 async def list_page(

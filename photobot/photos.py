@@ -11,9 +11,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from photobot.db import Database, Record
+from photobot.db import Database, Record, from_record
 from photobot.errors import NotFound
 
 _COLUMNS = (
@@ -47,30 +46,7 @@ class Photo:
 
     @classmethod
     def from_record(cls, r: Record) -> Photo:
-        def s(v: Any) -> str | None:
-            return None if v is None else str(v)
-
-        return cls(
-            id=str(r["id"]),
-            event_id=str(r["event_id"]),
-            session_id=s(r["session_id"]),
-            job_id=s(r["job_id"]),
-            source=r["source"],
-            original_key=r["original_key"],
-            content_type=r["content_type"],
-            size_bytes=r["size_bytes"],
-            sha256=r["sha256"],
-            width=r["width"],
-            height=r["height"],
-            optimized_key=r["optimized_key"],
-            thumb_small_key=r["thumb_small_key"],
-            thumb_medium_key=r["thumb_medium_key"],
-            thumb_large_key=r["thumb_large_key"],
-            derivatives_ready_at=r["derivatives_ready_at"],
-            uploaded_by=r["uploaded_by"],
-            created_at=r["created_at"],
-            deleted_at=r["deleted_at"],
-        )
+        return from_record(cls, r)
 
 
 @dataclass(frozen=True)

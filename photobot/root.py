@@ -181,6 +181,7 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 metrics=metrics,
                 publisher=publisher,
                 stability_delay=settings.file_stability_delay_ms / 1000,
+                workers=settings.hotfolder_workers,
             ),
         )
 

@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from photobot.embedded._process import pid_alive, proc_ppid
+
 _SERVICE_VARS = ("DATABASE_URL", "REDIS_URL", "S3_", "PHOTOBOT_", "PORT", "HOST")
 
 
@@ -39,20 +41,12 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def descendants(root: int) -> list[int]:
     """Every live process below ``root`` (children, their children, …)."""
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            ppid = _ppid(int(entry.name))
+            ppid = proc_ppid(int(entry.name))
             if ppid is not None:
                 parents[int(entry.name)] = ppid
     found, frontier = [], [root]
@@ -64,13 +58,8 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+#: Running (a zombie waiting for a reaper counts as gone).
+alive = pid_alive
 
 
 @dataclass

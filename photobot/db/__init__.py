@@ -18,6 +18,8 @@ way is rolled back (shielded) and its connection returned to the pool.
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -210,6 +212,16 @@ class Database(_Queries):
         return self._pool.get_size()
 
 
+def from_record(cls: type[T], record: Record) -> T:
+    """Build dataclass ``cls`` from a row, column by field name; UUIDs become strings (ids
+    travel as text through the app and its JSON)."""
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = record[f.name]
+        values[f.name] = str(value) if isinstance(value, uuid.UUID) else value
+    return cls(**values)
+
+
 async def ensure_database(admin_dsn: str, name: str) -> str:
     """Create database ``name`` on the server of ``admin_dsn`` if missing; return its DSN.
 
@@ -252,6 +264,7 @@ __all__ = [
     "Record",
     "Transaction",
     "ensure_database",
+    "from_record",
     "translate",
     "with_database",
 ]

@@ -33,10 +33,14 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, ClassVar, Self, TypeVar
+
+import trio
 
 from photobot.errors import ConfigError, Unavailable
 
@@ -492,3 +496,88 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class ChildServer:
+    """Bookkeeping every embedded server shares: the child process, its port, stopping it.
+
+    A subclass implements ``start()`` (which sets ``_proc`` and ``_port``) and names its
+    ``stop_signal`` (graceful) and the ``escalate`` signals tried before SIGKILL.
+    """
+
+    name: ClassVar[str]
+    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+    escalate: ClassVar[tuple[signal.Signals, ...]] = ()
+
+    def __init__(
+        self, data_dir: Path, *, durable: bool, start_timeout: float, stop_timeout: float
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.durable = durable
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise EmbeddedServerError(f"embedded {self.name} is not running")
+        return self._proc.pid
+
+    @property
+    def port(self) -> int:
+        if self._port is None or self._proc is None:
+            raise EmbeddedServerError(f"embedded {self.name} is not running")
+        return self._port
+
+    def stop(self) -> None:
+        """Graceful shutdown and wait. Idempotent; also reaps a server that died on its own."""
+        proc, port = self._proc, self._port
+        if proc is None:
+            return
+        t0 = time.monotonic()
+        rc = stop_child(
+            proc, self.stop_signal, timeout=self.stop_timeout, escalate=list(self.escalate)
+        )
+        self._proc = self._port = None
+        log.info(
+            "%s on port %s stopped (rc %d, %.2f s)", self.name, port, rc, time.monotonic() - t0
+        )
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+ServerT = TypeVar("ServerT", bound=ChildServer)
+
+
+@asynccontextmanager
+async def running_in_thread(server: ServerT) -> AsyncIterator[ServerT]:
+    """Trio context manager: start in a worker thread, yield, stop (shielded) on exit.
+
+    Starting from a short-lived worker thread is safe: servers are forked on a long-lived
+    spawner thread, so the death signal is tied to the process, not to the worker.
+    """
+    await trio.to_thread.run_sync(server.start)
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.stop)

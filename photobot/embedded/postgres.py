@@ -31,15 +31,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
-
-import trio
 
 from photobot.errors import ConfigError
 
 from ._process import (
     Account,
+    ChildServer,
     EmbeddedServerError,
     chown_tree,
     ensure_executable,
@@ -50,6 +48,7 @@ from ._process import (
     prepare_owned_dir,
     reclaim_stale,
     run_tool,
+    running_in_thread,
     server_account,
     spawn_server,
     stop_child,
@@ -97,8 +96,13 @@ def find_pg_bindir() -> Path:
     )
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A PostgreSQL server owned by this process. Blocking API; see the module docstring."""
+
+    name = "postgres"
+    # SIGINT = fast shutdown; SIGQUIT = immediate (crash-like, recovered at next start).
+    stop_signal = signal.SIGINT
+    escalate = (signal.SIGQUIT,)
 
     def __init__(
         self,
@@ -109,13 +113,10 @@ class EmbeddedPostgres:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
-        self.data_dir = Path(data_dir)
-        self.durable = durable
+        super().__init__(
+            data_dir, durable=durable, start_timeout=start_timeout, stop_timeout=stop_timeout
+        )
         self._bindir = bindir
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -132,23 +133,6 @@ class EmbeddedPostgres:
         if self._bindir is None:
             self._bindir = find_pg_bindir()
         return self._bindir
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        """The postmaster's pid."""
-        if self._proc is None:
-            raise EmbeddedServerError("embedded postgres is not running")
-        return self._proc.pid
-
-    @property
-    def port(self) -> int:
-        if self._port is None or self._proc is None:
-            raise EmbeddedServerError("embedded postgres is not running")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -222,29 +206,6 @@ class EmbeddedPostgres:
             time.monotonic() - t0,
             f", initdb {initdb_s:.2f} s" if initdb_s is not None else "",
         )
-
-    def stop(self) -> None:
-        """Fast shutdown and wait. Idempotent; also reaps a server that died on its own."""
-        proc, port = self._proc, self._port
-        if proc is None:
-            return
-        t0 = time.monotonic()
-        # SIGINT = fast shutdown; SIGQUIT = immediate (crash-like, recovered at next start).
-        rc = stop_child(proc, signal.SIGINT, timeout=self.stop_timeout, escalate=[signal.SIGQUIT])
-        self._proc = self._port = None
-        log.info("postgres on port %s stopped (rc %d, %.2f s)", port, rc, time.monotonic() - t0)
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -333,15 +294,6 @@ class EmbeddedPostgres:
 
 @asynccontextmanager
 async def open_embedded_postgres(data_dir: Path, **kw: Any) -> AsyncIterator[EmbeddedPostgres]:
-    """Trio context manager: start in a worker thread, yield, stop (shielded) on exit.
-
-    Starting from a short-lived worker thread is safe: the server is forked on a long-lived
-    spawner thread, so the death signal is tied to the process, not to the worker.
-    """
-    server = EmbeddedPostgres(data_dir, **kw)
-    await trio.to_thread.run_sync(server.start)
-    try:
+    """Trio context manager around :class:`EmbeddedPostgres` (see ``running_in_thread``)."""
+    async with running_in_thread(EmbeddedPostgres(data_dir, **kw)) as server:
         yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(server.stop)

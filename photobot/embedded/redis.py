@@ -30,14 +30,12 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-
-import trio
 
 from photobot.errors import ConfigError
 
 from ._process import (
+    ChildServer,
     EmbeddedServerError,
     chown_tree,
     ensure_executable,
@@ -46,6 +44,7 @@ from ._process import (
     open_log,
     prepare_owned_dir,
     reclaim_stale,
+    running_in_thread,
     server_account,
     spawn_server,
     stop_child,
@@ -121,8 +120,11 @@ def _info_pid(port: int) -> int | None:
     return None
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(ChildServer):
     """A Redis-compatible server owned by this process. Blocking API; see the module docstring."""
+
+    name = "redis"
+    stop_signal = signal.SIGTERM  # flushes the append-only file, then exits
 
     def __init__(
         self,
@@ -133,13 +135,10 @@ class EmbeddedRedis:
         start_timeout: float = 30.0,
         stop_timeout: float = 30.0,
     ) -> None:
-        self.data_dir = Path(data_dir)
-        self.durable = durable
+        super().__init__(
+            data_dir, durable=durable, start_timeout=start_timeout, stop_timeout=stop_timeout
+        )
         self._binary = binary
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
 
     @property
     def binary(self) -> Path:
@@ -154,22 +153,6 @@ class EmbeddedRedis:
     @property
     def pid_file(self) -> Path:
         return self.data_dir / "redis.pid"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise EmbeddedServerError("embedded redis is not running")
-        return self._proc.pid
-
-    @property
-    def port(self) -> int:
-        if self._port is None or self._proc is None:
-            raise EmbeddedServerError("embedded redis is not running")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -225,28 +208,6 @@ class EmbeddedRedis:
             time.monotonic() - t0,
         )
 
-    def stop(self) -> None:
-        """Graceful shutdown and wait. Idempotent; also reaps a server that died on its own."""
-        proc, port = self._proc, self._port
-        if proc is None:
-            return
-        t0 = time.monotonic()
-        rc = stop_child(proc, signal.SIGTERM, timeout=self.stop_timeout)
-        self._proc = self._port = None
-        log.info("redis on port %s stopped (rc %d, %.2f s)", port, rc, time.monotonic() - t0)
-
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _argv(self, binary: Path, port: int) -> list[str | os.PathLike[str]]:
         argv: list[str | os.PathLike[str]] = [
             binary,
@@ -291,11 +252,6 @@ class EmbeddedRedis:
 
 @asynccontextmanager
 async def open_embedded_redis(data_dir: Path, **kw: Any) -> AsyncIterator[EmbeddedRedis]:
-    """Trio context manager: start in a worker thread, yield, stop (shielded) on exit."""
-    server = EmbeddedRedis(data_dir, **kw)
-    await trio.to_thread.run_sync(server.start)
-    try:
+    """Trio context manager around :class:`EmbeddedRedis` (see ``running_in_thread``)."""
+    async with running_in_thread(EmbeddedRedis(data_dir, **kw)) as server:
         yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(server.stop)
