@@ -118,6 +118,27 @@ class Settings(BaseSettings):
         "builtin", validation_alias="IMAGE_WORKERS"
     )
     worker_callback_token: SecretStr | None = Field(None, validation_alias="WORKER_CALLBACK_TOKEN")
+    #: Image jobs the built-in optimizer renders at once (one Pillow thread each).
+    optimizer_concurrency: int = Field(2, ge=1, le=16, validation_alias="OPTIMIZER_CONCURRENCY")
+
+    # -- live gallery websockets (seed 004) -------------------------------------------------
+    # The gallery's websocket server listens on a port of its own (GET /api/gallery/<slug>/socket
+    # tells the page which). Unset: PORT + 1 (or a free port when PORT is 0); 0: a free port.
+    gallery_ws_port: int | None = Field(None, ge=0, le=65535, validation_alias="GALLERY_WS_PORT")
+    gallery_ws_ping_interval: float = Field(
+        20.0, ge=0.05, le=300, validation_alias="GALLERY_WS_PING_INTERVAL"
+    )
+    gallery_ws_max_connections: int = Field(
+        10_000, ge=1, le=1_000_000, validation_alias="GALLERY_WS_MAX_CONNECTIONS"
+    )
+    gallery_ws_max_per_ip: int = Field(0, ge=0, validation_alias="GALLERY_WS_MAX_PER_IP")
+    gallery_ws_queue_messages: int = Field(
+        64, ge=1, le=100_000, validation_alias="GALLERY_WS_QUEUE_MESSAGES"
+    )
+    gallery_ws_queue_bytes: int = Field(
+        256 * 1024, ge=1024, le=64 * 1024 * 1024, validation_alias="GALLERY_WS_QUEUE_BYTES"
+    )
+    gallery_ws_origins: str = Field("", validation_alias="GALLERY_WS_ORIGINS")
 
     # -- CCTV (seed 003) ---------------------------------------------------------------------
     camera_encryption_key: SecretStr | None = Field(None, validation_alias="CAMERA_ENCRYPTION_KEY")
@@ -158,6 +179,13 @@ class Settings(BaseSettings):
     @property
     def uses_s3(self) -> bool:
         return self.s3_bucket is not None
+
+    @property
+    def gallery_port(self) -> int:
+        """The gallery websocket port to bind: ``GALLERY_WS_PORT``, else ``PORT + 1`` (0 → any)."""
+        if self.gallery_ws_port is not None:
+            return self.gallery_ws_port
+        return self.port + 1 if 0 < self.port < 65535 else 0
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -84,6 +84,7 @@ async def report(services: Services) -> tuple[dict[str, Any], int]:
         "uptimeSeconds": round(time.time() - services.started_at, 1),
         "checks": checks,
         "actors": actors,
+        "gallery": services.gallery.stats(),
         "supervisorEvents": recent,
     }
     return body, 503 if status == "down" else 200

@@ -3,8 +3,9 @@
 :func:`open_services` opens, in order, the database (an embedded PostgreSQL when
 ``DATABASE_URL`` is unset), Redis (an embedded server when ``REDIS_URL`` is unset) and storage
 (a local folder with HMAC-signed URLs unless ``S3_*`` is set), each as an async context manager,
-and closes them in reverse. :func:`run_booth` then runs the supervisor and Hypercorn side by side
-in the root nursery until a signal or a supervisor give-up ends it.
+and closes them in reverse. :func:`run_booth` then runs the supervisor, Hypercorn and the
+gallery's websocket listener (``GALLERY_WS_PORT``, :mod:`photobot.fanout`) side by side in the
+root nursery until a signal or a supervisor give-up ends it.
 
 Shutdown (SIGINT/SIGTERM): Hypercorn stops accepting and finishes in-flight requests; the
 supervisor stops the actors in reverse start order, each with its grace period (the gallery
@@ -30,9 +31,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 import actors
-from actors import cctv, gallery, registry
+from actors import cctv, registry
 from actors.dispatcher import Dispatcher
+from actors.gallery import GalleryBroadcaster
 from actors.hotfolder import HotfolderPaths, HotfolderWatcher
+from actors.optimizer import ImageOptimizer, OptimizerConfig
 from actors.pool import WorkerPool
 from actors.registry import SessionRegistry
 from photobot.bus import Bus
@@ -41,6 +44,9 @@ from photobot.config import Settings
 from photobot.db import Database, ensure_database
 from photobot.db.migrate import migrate
 from photobot.embedded import open_embedded_postgres, open_embedded_redis
+from photobot.errors import ConfigError
+from photobot.fanout import FanoutServer
+from photobot.image_jobs import ImageJobs, announce_on
 from photobot.local_secrets import LocalSecrets, load_or_create
 from photobot.metrics import Metrics
 from photobot.providers import build_providers, concurrency
@@ -73,6 +79,9 @@ class Services:
     pool: WorkerPool
     hotfolder: HotfolderWatcher
     publisher: Publisher
+    gallery: GalleryBroadcaster
+    image_jobs: ImageJobs
+    optimizer: ImageOptimizer
     started_at: float = field(default_factory=time.time)
     supervisor: Supervisor = field(init=False)
 
@@ -137,7 +146,16 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         metrics = Metrics()
         registry_ = SessionRegistry(db, cache, settings)
         dispatcher = Dispatcher(db, wiring.dispatch[0])
-        publisher = Publisher(db, wiring.publish[0])
+        image_jobs = ImageJobs(
+            db=db,
+            cache=cache,
+            storage=storage,
+            mode=settings.image_workers,
+            optimize=wiring.optimize[0],
+            announce=announce_on(wiring.publish[0]),
+        )
+        publisher = Publisher(db, wiring.publish[0], derivatives=image_jobs)
+        gallery = _gallery(settings, db, cache, metrics, wiring)
         hot_root = settings.hotfolder_path or data_dir / "hotfolder"
         yield Services(
             settings=settings,
@@ -165,6 +183,15 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 publisher=publisher,
             ),
             publisher=publisher,
+            gallery=gallery,
+            image_jobs=image_jobs,
+            optimizer=ImageOptimizer(
+                image_jobs=image_jobs,
+                storage=storage,
+                worker_id=settings.booth_id,
+                mode=settings.image_workers,
+                config=OptimizerConfig(concurrency=settings.optimizer_concurrency),
+            ),
             hotfolder=HotfolderWatcher(
                 paths=HotfolderPaths.under(
                     hot_root.absolute(),
@@ -184,6 +211,26 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 workers=settings.hotfolder_workers,
             ),
         )
+
+
+def _gallery(
+    settings: Settings, db: Database, cache: Cache, metrics: Metrics, wiring: actors.Wiring
+) -> GalleryBroadcaster:
+    """The gallery broadcaster and its websocket server (listening only once ``_serve`` runs)."""
+
+    async def room_exists(slug: str) -> bool:
+        return bool(await db.fetchval("select exists(select 1 from events where slug = $1)", slug))
+
+    server = FanoutServer(
+        room_exists,
+        ping_interval=settings.gallery_ws_ping_interval,
+        max_connections=settings.gallery_ws_max_connections,
+        max_per_ip=settings.gallery_ws_max_per_ip,
+        queue_messages=settings.gallery_ws_queue_messages,
+        queue_bytes=settings.gallery_ws_queue_bytes,
+        allowed_origins=settings.gallery_ws_origins.split(","),
+    )
+    return GalleryBroadcaster(server, wiring.publish[1], cache=cache, metrics=metrics)
 
 
 #: Grace for actors that hold no work in progress: they return as soon as they are asked.
@@ -206,10 +253,16 @@ def actor_specs(services: Services) -> list[ChildSpec]:
             Restart.PERMANENT,
             quick,
         ),
-        ChildSpec("gallery_broadcaster", gallery.run, Restart.PERMANENT, quick),
+        ChildSpec("gallery_broadcaster", services.gallery.run, Restart.PERMANENT, quick),
         ChildSpec(
             "ai_worker_pool",
             functools.partial(services.pool.run, work=services.wiring.work[1]),
+            Restart.PERMANENT,
+            grace,
+        ),
+        ChildSpec(
+            "image_optimizer",
+            functools.partial(services.optimizer.run, inbox=services.wiring.optimize[1]),
             Restart.PERMANENT,
             grace,
         ),
@@ -348,7 +401,9 @@ async def _serve(
             binds = await nursery.start(
                 functools.partial(serve, app, config, shutdown_trigger=stop_http.wait)
             )
+            ws_port = await _start_gallery_listener(nursery, services)
             urls = listen_urls(binds)
+            log.info("gallery websockets listening", extra={"port": ws_port})
             log.info("photobot ready", extra={"urls": " ".join(urls), **services.backends})
             on_ready(urls)
 
@@ -360,3 +415,24 @@ async def _serve(
             )
             stop_http.set()
             await supervisor.stop()
+            # Already done by the gallery actor's stop, unless it was cancelled before.
+            await services.gallery.server.aclose(timeout=0.5)
+
+
+async def _start_gallery_listener(nursery: trio.Nursery, services: Services) -> int:
+    """Bind the gallery's websocket port; the default (``PORT + 1``) falls back to a free port
+    when taken, since the page asks ``GET /api/gallery/<slug>/socket`` where it is."""
+    settings = services.settings
+    server = services.gallery.server
+    try:
+        return int(await nursery.start(server.serve, settings.host, settings.gallery_port))
+    except OSError as exc:
+        if settings.gallery_ws_port is not None or settings.gallery_port == 0:
+            raise ConfigError(
+                f"GALLERY_WS_PORT {settings.gallery_port} cannot be used: {exc.strerror}"
+            ) from None
+        log.warning(
+            "gallery port taken, using a free one",
+            extra={"port": settings.gallery_port, "error": exc.strerror},
+        )
+        return int(await nursery.start(server.serve, settings.host, 0))

@@ -19,7 +19,8 @@ from tests.booth_process import Booth, alive, clean_env, processes_mentioning
 pytestmark = pytest.mark.slow
 
 ACTORS = {
-    "session_registry", "gallery_broadcaster", "ai_worker_pool", "job_dispatcher",
+    "session_registry", "gallery_broadcaster", "ai_worker_pool", "image_optimizer",
+    "job_dispatcher",
     "hotfolder_watcher", "cctv_poller",
 }  # fmt: skip
 

@@ -19,7 +19,8 @@ from photobot.supervisor import ChildContext, ChildSpec, Restart
 from web.app import create_app
 
 ACTORS = [
-    "session_registry", "gallery_broadcaster", "ai_worker_pool", "job_dispatcher",
+    "session_registry", "gallery_broadcaster", "ai_worker_pool", "image_optimizer",
+    "job_dispatcher",
     "hotfolder_watcher", "cctv_poller",
 ]  # fmt: skip
 

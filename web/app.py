@@ -15,7 +15,9 @@ from quart_trio import QuartTrio
 from photobot.root import Services
 from web import auth, cors, errors
 from web.routes import auth as auth_routes
-from web.routes import booth, events, files, jobs, ops, photos, sessions
+from web.routes import booth, events, files, gallery, guest, jobs, ops, photos, sessions
+from web.routes import gallery_socket as gallery_socket_routes
+from web.routes import image_jobs as image_jobs_routes
 
 #: Largest request body accepted anywhere (uploads of 24 MP JPEGs fit with room to spare);
 #: larger bodies get 413 before they are read.
@@ -37,7 +39,11 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(sessions.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(booth.bp)
+    app.register_blueprint(gallery_socket_routes.bp)
     app.register_blueprint(photos.bp)
+    app.register_blueprint(gallery.bp)
+    app.register_blueprint(guest.bp)
+    app.register_blueprint(image_jobs_routes.bp)
     return app
 
 

@@ -18,7 +18,7 @@ Semantics every backend keeps (the tests run the same functions against each):
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -161,6 +161,10 @@ class Storage(Protocol):
 
     async def signed_url(self, key: str, ttl: int, *, download_name: str | None = None) -> str:
         """A URL that lets anyone holding it GET the object for ``ttl`` seconds."""
+        ...
+
+    async def signed_urls(self, keys: Sequence[str], ttl: int) -> dict[str, str]:
+        """:meth:`signed_url` for many keys at once (no download names), cheaper per key."""
         ...
 
     async def check(self) -> None:

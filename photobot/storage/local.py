@@ -25,7 +25,7 @@ import shutil
 import stat as stat_mod
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -295,6 +295,22 @@ class LocalStorage:
         params = sign(key, expires_at, self._signing_key, download_name)
         query = urlencode(params, quote_via=quote)
         return f"{self.url_prefix}/{quote(key, safe='/')}?{query}"
+
+    async def signed_urls(self, keys: Sequence[str], ttl: int) -> dict[str, str]:
+        """:meth:`signed_url` for many keys (no download names): one clock reading, each key
+        validated once — a gallery page signs up to a few hundred."""
+        validate_ttl(ttl)
+        expires_at = int(time.time()) + ttl
+        out = {}
+        for key in keys:
+            if key.split("/", 1)[0] == STAGING_DIR:
+                raise InvalidKey(f"keys under '{STAGING_DIR}/' are reserved by local storage")
+            params = sign(key, expires_at, self._signing_key)  # validates the key
+            # exp is digits and sig base64url: URL-encoding would leave them as they are.
+            out[key] = (
+                f"{self.url_prefix}/{quote(key, safe='/')}?exp={params['exp']}&sig={params['sig']}"
+            )
+        return out
 
     async def check(self) -> None:
         """Root exists (created if missing), is writable, and stale temp files are swept."""

@@ -38,7 +38,7 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -468,6 +468,26 @@ class S3Storage:
             limiter=self.limiter,
         )
         return url
+
+    async def signed_urls(self, keys: Sequence[str], ttl: int) -> dict[str, str]:
+        """:meth:`signed_url` for many keys (no download names) in one thread hop: the presign
+        client is thread-safe and presigning makes no request."""
+        validate_ttl(ttl)
+        for key in keys:
+            validate_key(key)
+        await self.open()
+        presign = self._presign_client
+        bucket = self.bucket
+
+        def sign_all() -> dict[str, str]:
+            return {
+                key: presign.generate_presigned_url(
+                    "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl
+                )
+                for key in keys
+            }
+
+        return await trio.to_thread.run_sync(sign_all, limiter=self.limiter)
 
     async def check(self) -> None:
         """HEAD the bucket: proves the endpoint answers, the credentials work, the bucket exists."""

@@ -226,18 +226,18 @@ class Tracer:
 
         nominate = watcher._nominate
 
-        def traced_nominate(path: Path, now: float) -> None:
+        def traced_nominate(path: Path, now: float, *, from_event: bool = False) -> None:
             tr = files.get(path.name)
             if tr is None:
-                return nominate(path, now)
+                return nominate(path, now, from_event=from_event)
             t = time.perf_counter()
-            by = "watch" if sys._getframe(1).f_code.co_name == "_watch" else "rescan"
+            by = "watch" if from_event else "rescan"
             if by == "watch" and math.isnan(tr.first_watch):
                 tr.first_watch = t
             if by == "rescan" and math.isnan(tr.first_rescan):
                 tr.first_rescan = t
             was = path in watcher._candidates or path in watcher._busy
-            nominate(path, now)
+            nominate(path, now, from_event=from_event)
             if not was and path in watcher._candidates and math.isnan(tr.nominated):
                 tr.nominated, tr.nominated_by = t, by
 
