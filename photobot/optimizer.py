@@ -28,8 +28,9 @@ Semantics:
 
 Speed choices (``tests/bench/bench_derivatives.py``, 24 MP JPEG, 2 cores): the whole job takes
 ~0.4 s single-threaded. WebP ``method=0`` halves it against ``method=4`` (~1.0 s) for files 0-5 %
-larger. The cascade resamples bicubic (antialiased when shrinking): ~0.2 s of the 0.4, against
-~0.27 s for Lanczos and ~0.11 s for bilinear, which visibly softens the cascaded thumbnails.
+larger. The cascade's strong steps resample bicubic (antialiased when shrinking; bilinear
+visibly softens the small thumbnails), its mild steps (ratio < 1.5) bilinear, where the two
+look alike and bilinear costs a third less.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ NAMES: tuple[str, ...] = tuple(SIZES)
 WEBP_QUALITY = 80
 #: libwebp effort 0-6; 0 is ~3x faster than the default 4 for ~4 % more bytes (see above).
 WEBP_METHOD = 0
-#: Resampling filter of the cascade.
+#: Resampling filter of the cascade's strong steps.
 RESAMPLE = Image.Resampling.BICUBIC
+#: A step shrinking by less than this uses bilinear: at mild ratios the filters are visually
+#: alike and bilinear costs ~35 % less (3000→2560: 55 vs 84 ms; 2560→2048: 35 vs 58 ms).
+MILD_RATIO = 1.5
 #: Largest original accepted (width x height): more than any camera of ours (24-45 MP); a
 #: decompression bomb claims more and is refused from its header.
 MAX_PIXELS = 60_000_000
@@ -142,7 +146,10 @@ def make_derivatives(
                 made[name] = Rendition(name, previous.data, *size)  # a small original
                 continue
             if current.size != size:
-                current = current.resize(size, resample)
+                # A mild step (3000→2560, 2560→2048) looks the same with the cheaper filter;
+                # the strong ones (2048→1200, 1200→400) keep bicubic's sharpness.
+                mild = current.width < size[0] * MILD_RATIO
+                current = current.resize(size, Image.Resampling.BILINEAR if mild else resample)
             previous = made[name] = Rendition(
                 name, encode_webp(current, quality=quality, method=method), *size
             )
