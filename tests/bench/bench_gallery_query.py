@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import random
 import shutil
@@ -53,24 +52,14 @@ from hypercorn.trio import serve
 from photobot import gallery
 from photobot.config import load_settings
 from photobot.db import Database, ensure_database
-from photobot.embedded import open_embedded_postgres, open_embedded_redis, pid_alive
+from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.root import Services, open_services
+from tests.bench.common import percentile, remove_stale, server_tmp_base
 from web.app import create_asgi
 
 LIMIT = 50
 DEVICE = "bench-device-0001"
 EVENING_SECONDS = 8 * 3600
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Linear-interpolated percentile (p in 0..100) of a non-empty sequence."""
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * p / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def summary(name: str, seconds: Sequence[float]) -> str:
@@ -348,21 +337,6 @@ async def _serve_and_time(
 # -- main -----------------------------------------------------------------------------------------
 
 
-def _server_tmp_base() -> str:
-    # As in tests/conftest.py: tmpfs when available; as root the servers run as `nobody`.
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-        return shm
-    return tempfile.gettempdir()
-
-
-def _remove_stale(base: str) -> None:
-    for stale in Path(base).glob("photobot-bench-*-*"):
-        pid = stale.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--photos", type=int, default=100_000, help="photos in the event")
@@ -376,9 +350,9 @@ def main() -> None:
         ap.error("--samples + --warmup must not exceed --photos")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     random.seed(1)
-    server_base = _server_tmp_base()
-    _remove_stale(server_base)
-    _remove_stale(tempfile.gettempdir())
+    server_base = server_tmp_base()
+    remove_stale(server_base)
+    remove_stale(tempfile.gettempdir())
     prefix = f"photobot-bench-{os.getpid()}-"
     servers = Path(tempfile.mkdtemp(prefix=prefix, dir=server_base))
     work = Path(tempfile.mkdtemp(prefix=prefix))

@@ -77,11 +77,10 @@ from tests.bench.bench_jobs import (
     JPEG_QUALITY,
     CpuMark,
     LoopLag,
-    _remove_stale,
     make_base,
-    percentile,
     photo_size,
 )
+from tests.bench.common import percentile, remove_stale
 
 PASSWORD = "bench-hotfolder-password"
 BOOTH = "booth-1"
@@ -750,7 +749,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     wall0 = time.monotonic()
-    _remove_stale(tempfile.gettempdir())
+    remove_stale(tempfile.gettempdir())
     # On disk, not tmpfs: the hot folder, storage and the durable servers, as on a booth.
     work = Path(tempfile.mkdtemp(prefix=f"photobot-bench-{os.getpid()}-"))
     try:

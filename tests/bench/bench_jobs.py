@@ -58,8 +58,9 @@ from PIL import Image, ImageChops
 from photobot.bus import JobEvent
 from photobot.config import load_settings
 from photobot.db import ensure_database
-from photobot.embedded import open_embedded_postgres, open_embedded_redis, pid_alive
+from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.root import Services, build_supervisor, open_services
+from tests.bench.common import percentile, remove_stale, server_tmp_base
 from web.app import create_app
 
 PASSWORD = "bench-jobs-password"
@@ -145,17 +146,6 @@ def prepare_photos(megapixels: float, count: int, dest: Path) -> list[Path]:
 
 
 # -- measuring ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Linear-interpolated percentile (p in 0..100) of a non-empty sequence."""
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * p / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _proc_stat(pid: str) -> tuple[int, int] | None:
@@ -554,22 +544,6 @@ def report(args: argparse.Namespace, res: Result, photos: list[Path], prep: floa
 # -- main -----------------------------------------------------------------------------------
 
 
-def _server_tmp_base() -> str:
-    # As in tests/conftest.py: tmpfs when available; as root the servers run as `nobody`, and
-    # the embedded code gives the parent folders o+x so that account can reach its data dir.
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-        return shm
-    return tempfile.gettempdir()
-
-
-def _remove_stale(base: str) -> None:
-    for stale in Path(base).glob("photobot-bench-*-*"):
-        pid = stale.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--jobs", type=int, default=50, help="jobs submitted at once (default 50)")
@@ -582,9 +556,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     wall0 = time.monotonic()
-    server_base = _server_tmp_base()
-    _remove_stale(server_base)
-    _remove_stale(tempfile.gettempdir())
+    server_base = server_tmp_base()
+    remove_stale(server_base)
+    remove_stale(tempfile.gettempdir())
     prefix = f"photobot-bench-{os.getpid()}-"
     servers = Path(tempfile.mkdtemp(prefix=prefix, dir=server_base))
     work = Path(tempfile.mkdtemp(prefix=prefix))
