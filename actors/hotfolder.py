@@ -180,6 +180,7 @@ class HotfolderWatcher:
     workers: int = 4
     _candidates: dict[Path, _Candidate] = field(default_factory=dict)
     _poke: trio.Event = field(default_factory=trio.Event)
+    _failures: dict[Path, int] = field(default_factory=dict)
     _busy: set[Path] = field(default_factory=set)
     #: Files waiting on a dependency (Redis, storage): visible in /health through the actor.
     waiting: dict[str, str] = field(default_factory=dict)
@@ -309,12 +310,14 @@ class HotfolderWatcher:
             finally:
                 self._busy.discard(path)
             self.waiting.pop(path.name, None)
+            self._failures.pop(path, None)
             if outcome is not None:
                 self.metrics.hotfolder_files.labels(outcome).inc()
 
     def _defer(self, path: Path, exc: PhotobotError) -> None:
         previous = self._candidates.get(path) or _Candidate(path)
-        failures = previous.failures + 1
+        # The candidate was handed over (and dropped) before handling: the count lives apart.
+        failures = self._failures[path] = self._failures.get(path, 0) + 1
         delay = min(self.retry_max, self.retry_base * 2 ** (failures - 1))
         now = trio.current_time()
         self._candidates[path] = _Candidate(

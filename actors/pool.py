@@ -36,7 +36,7 @@ from photobot.breaker import CircuitBreaker
 from photobot.bus import Bus, JobEvent
 from photobot.concurrency import open_nursery
 from photobot.db import Database
-from photobot.errors import PhotobotError, StorageError
+from photobot.errors import PhotobotError, Unavailable
 from photobot.events import Event, resolve_event
 from photobot.metrics import Metrics
 from photobot.providers import (
@@ -132,11 +132,10 @@ class WorkerPool:
         requeued = await jobs.requeue_mine(self.db, self.worker_id)
         if requeued:
             log.info("requeued interrupted jobs", extra={"count": len(requeued)})
-        if self.publisher is not None:
-            await self.publisher.recover(self.storage.size)
         pending = trio.Semaphore(self.config.max_pending)
         async with trio.open_nursery() as nursery:
             ctx.started()
+            nursery.start_soon(self._reclaim_until, ctx.stopping)
             with trio.CancelScope() as intake:
                 nursery.start_soon(self._stop_intake_on, ctx.stopping, intake)
                 # Not `async with work`: the channel outlives this actor's restarts.
@@ -147,6 +146,22 @@ class WorkerPool:
                     self.in_flight.add(job_id)
                     nursery.start_soon(self._job_task, job_id, pending)
             # Intake stopped: in-flight jobs finish, or the supervisor cancels after the grace.
+
+    async def _reclaim_until(self, stopping: trio.Event, every: float = 30.0) -> None:
+        """Requeue our `running` jobs that no task here is running (a task lost its job to a
+        database outage), and publish succeeded jobs that have no photo yet. The dispatcher's
+        sweep then brings them back."""
+        while not stopping.is_set():
+            try:
+                if self.publisher is not None:
+                    await self.publisher.recover(self.storage.size)
+                back = await jobs.requeue_mine(self.db, self.worker_id, keep=self.in_flight)
+                if back:
+                    log.warning("requeued stranded jobs", extra={"count": len(back)})
+            except PhotobotError as exc:
+                log.warning("reclaim round failed", extra={"error": exc.message})
+            with trio.move_on_after(every):
+                await stopping.wait()
 
     async def _stop_intake_on(self, stopping: trio.Event, intake: trio.CancelScope) -> None:
         await stopping.wait()
@@ -204,58 +219,63 @@ class WorkerPool:
     async def _attempt(self, job_id: str, name: str, event: Event) -> tuple[str, tuple[str, str]]:
         """One claimed attempt. Returns ("done" | "transient", (code, message))."""
         breaker = self.breakers[name]
-        async with self.limiters[name]:
-            job = await jobs.claim(self.db, job_id, self.worker_id, name)
-            if job is None:
-                breaker.release()
-                current = await jobs.get(self.db, job_id)
-                if current.status == "running" and current.cancel_requested:
-                    await self._cancel(current)
-                return "done", ("", "")
-            run = _Running(job)
-            log.info(
-                "attempt started",
-                extra={"jobId": job_id, "provider": name, "attempt": job.attempts},
-            )
-            output: ProviderOutput | None = None
-            try:
-                async with open_nursery() as watchers:
-                    watchers.start_soon(self._watch, run)
-                    try:
-                        with run.scope:
-                            output = await self._stages(run, name, event)
-                    finally:
-                        watchers.cancel_scope.cancel()
-                if run.cancel_seen or output is None:
-                    raise _Canceled
-            except _Canceled:
-                breaker.release()
-                with trio.CancelScope(shield=True):
-                    await jobs.end_attempt(self.db, job_id, job.attempts, "canceled")
-                    await self._cancel(job)
-                return "done", ("", "")
-            except trio.TooSlowError:
-                return await self._transient(job, name, "provider_timeout", f"{name} took too long")
-            except TransientProviderError as exc:
-                return await self._transient(job, name, exc.code, exc.message)
-            except FatalProviderError as exc:
-                breaker.release()
-                await self._fatal(job, exc.code, exc.message)
-                return "done", ("", "")
-            except StorageError as exc:
-                # Our own storage, not the provider: retry without blaming the provider.
-                breaker.release()
-                await jobs.end_attempt(
-                    self.db, job_id, job.attempts, "transient_error",
-                    error_code=exc.code, error_message=exc.message,
-                )  # fmt: skip
-                return "transient", (exc.code, exc.message)
-            except PhotobotError as exc:
-                breaker.release()
-                await self._fatal(job, exc.code, exc.message)
-                return "done", ("", "")
-            breaker.record_success()
+        try:
+            async with self.limiters[name]:
+                return await self._claimed_attempt(job_id, name, event, breaker)
+        finally:
+            # A half-open breaker's one trial must end even when no verdict was recorded
+            # (canceled, fatal input error, database error); after a verdict this is a no-op.
+            breaker.release()
+
+    async def _claimed_attempt(
+        self, job_id: str, name: str, event: Event, breaker: CircuitBreaker
+    ) -> tuple[str, tuple[str, str]]:
+        job = await jobs.claim(self.db, job_id, self.worker_id, name)
+        if job is None:
+            current = await jobs.get(self.db, job_id)
+            if current.cancel_requested and not current.final:
+                await self._cancel(current)
             return "done", ("", "")
+        run = _Running(job)
+        log.info(
+            "attempt started",
+            extra={"jobId": job_id, "provider": name, "attempt": job.attempts},
+        )
+        output: ProviderOutput | None = None
+        try:
+            async with open_nursery() as watchers:
+                watchers.start_soon(self._watch, run)
+                try:
+                    with run.scope:
+                        output = await self._stages(run, name, event)
+                finally:
+                    watchers.cancel_scope.cancel()
+            if run.cancel_seen or output is None:
+                raise _Canceled
+        except _Canceled:
+            with trio.CancelScope(shield=True):
+                await jobs.end_attempt(self.db, job_id, job.attempts, "canceled")
+                await self._cancel(job)
+            return "done", ("", "")
+        except trio.TooSlowError:
+            return await self._transient(job, name, "provider_timeout", f"{name} took too long")
+        except TransientProviderError as exc:
+            return await self._transient(job, name, exc.code, exc.message)
+        except FatalProviderError as exc:
+            await self._fatal(job, exc.code, exc.message)
+            return "done", ("", "")
+        except Unavailable as exc:
+            # Our own storage or database, not the provider: retry without blaming it.
+            await jobs.end_attempt(
+                self.db, job_id, job.attempts, "transient_error",
+                error_code=exc.code, error_message=exc.message,
+            )  # fmt: skip
+            return "transient", (exc.code, exc.message)
+        except PhotobotError as exc:
+            await self._fatal(job, exc.code, exc.message)
+            return "done", ("", "")
+        breaker.record_success()
+        return "done", ("", "")
 
     async def _stages(self, run: _Running, name: str, event: Event) -> ProviderOutput | None:
         job = run.job
@@ -328,13 +348,22 @@ class WorkerPool:
         self._publish(run)
 
     async def _watch(self, run: _Running) -> None:
-        """Flush progress to the database and poll the cancel flag, in one round trip."""
+        """Flush progress to the database and poll the cancel flag.
+
+        A database hiccup must not fail the job being styled: the flush is tried again next
+        round, and the cancel check waits for the database to answer.
+        """
         while True:
             await trio.sleep(self.config.flush_interval)
-            if (run.stage, run.percent) != run.flushed:
-                run.flushed = (run.stage, run.percent)
-                await jobs.progress(self.db, run.job.id, run.stage, run.percent)
-            if await jobs.is_cancel_requested(self.db, run.job.id):
+            try:
+                if (run.stage, run.percent) != run.flushed:
+                    await jobs.progress(self.db, run.job.id, run.stage, run.percent)
+                    run.flushed = (run.stage, run.percent)
+                cancel = await jobs.is_cancel_requested(self.db, run.job.id)
+            except PhotobotError as exc:
+                log.warning("progress not saved", extra={"jobId": run.job.id, "error": exc.message})
+                continue
+            if cancel:
                 run.cancel_seen = True
                 run.scope.cancel()
                 return

@@ -525,6 +525,15 @@ class ImageJobs:
             current = await self.get(image_job_id)
             if current.status != "PROCESSING":
                 raise self._refused(current.status, wanted)
+            if output_image_key == current.source_image_key or not output_image_key.startswith(
+                "optimized/"
+            ):
+                # The output becomes what guests download: never the source (a camera
+                # original may carry GPS), and a later DELETE must not take the source with it.
+                raise InvalidInput(
+                    "outputImageKey must be a new object under optimized/, not the source",
+                    code="invalid_output_key",
+                )
             if not await self.storage.exists(output_image_key):
                 raise InvalidInput(
                     f"outputImageKey {output_image_key!r} is not in storage; upload it first",

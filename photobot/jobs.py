@@ -15,6 +15,7 @@ requeues only its own running jobs.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -361,15 +362,26 @@ async def is_cancel_requested(db: Database, job_id: str) -> bool:
     )
 
 
-async def requeue_mine(db: Database, worker: str) -> list[str]:
-    """After a restart: our running jobs go back to the queue; their open attempts end."""
+async def requeue_mine(db: Database, worker: str, keep: Iterable[str] = ()) -> list[str]:
+    """Our running jobs that nothing runs any more (after a restart, or ``keep`` = the ids
+    still in hand) go back to the queue, their open attempts ended; one whose cancel was
+    requested is canceled instead, since it will never be claimed again."""
+    kept = [uuid.UUID(k) for k in keep]
 
     async def on_asyncio(conn: asyncpg.Connection) -> list[Record]:
         rows = await conn.fetch(
-            """update jobs set status = 'queued', claimed_by = null, progress_stage = 'queued',
-                      progress_percent = 0, updated_at = now()
-               where status = 'running' and claimed_by = $1 returning id""",
+            """update jobs set
+                      status = case when cancel_requested then 'canceled' else 'queued' end,
+                      finished_at = case when cancel_requested then now() end,
+                      error_code = case when cancel_requested then 'canceled' else error_code end,
+                      error_message = case when cancel_requested
+                                      then 'canceled by an operator' else error_message end,
+                      claimed_by = null, progress_stage = 'queued', progress_percent = 0,
+                      updated_at = now()
+               where status = 'running' and claimed_by = $1 and not (id = any($2::uuid[]))
+               returning id""",
             worker,
+            kept,
         )
         ids = [r["id"] for r in rows]
         if ids:

@@ -22,6 +22,7 @@ import trio
 from actors import GalleryMessage
 from photobot import jobs, photos
 from photobot.db import Database
+from photobot.errors import PhotobotError
 from photobot.events import resolve_event
 
 log = logging.getLogger("photobot.gallery")
@@ -47,6 +48,11 @@ class Publisher:
         """Store the photo row and announce it; ``(photo, created)`` (idempotent per source)."""
         photo, created = await photos.insert(self.db, new)
         if not created:
+            # A redo (retried upload, the same file again, a crash after the insert): the
+            # announcement is not repeated, but the derivative work is made sure of — it is
+            # idempotent, and the first attempt may have died before queuing it.
+            if self.derivatives is not None:
+                await self.derivatives.enqueue_for_photo(photo)
             return photo, False
         event = await resolve_event(self.db, photo.event_id)
         if event.visibility == "public":
@@ -92,12 +98,20 @@ class Publisher:
                  and not exists (select 1 from photos p where p.job_id = j.id)
                order by j.finished_at limit 1000"""
         )
+        done = 0
         for row in rows:
             job = await jobs.get(self.db, str(row["id"]))
             assert job.best_output_key is not None
-            size = await storage_size(job.best_output_key)
-            await self.publish_job(job, size, _content_type(job.best_output_key))
-        return len(rows)
+            try:
+                size = await storage_size(job.best_output_key)
+                await self.publish_job(job, size, _content_type(job.best_output_key))
+            except PhotobotError as exc:  # one bad row must not stop the others (or the pool)
+                log.warning(
+                    "job output not published", extra={"jobId": job.id, "error": exc.message}
+                )
+                continue
+            done += 1
+        return done
 
 
 class StorageSize(Protocol):

@@ -260,6 +260,11 @@ async def test_status_transitions_and_the_worker_token(external: Live) -> None:
     error_of(r, 422, "invalid_key")
     r = await patch(live, job_id, {"status": "COMPLETED", "outputImageKey": "optimized/nope.webp"})
     error_of(r, 422, "output_missing")
+    source = (await live.http.get(f"/api/image-jobs/{job_id}", headers=WORKER)).json()["data"]
+    r = await patch(
+        live, job_id, {"status": "COMPLETED", "outputImageKey": source["sourceImageKey"]}
+    )
+    error_of(r, 422, "invalid_output_key")  # the source must never become what guests get
 
     r = await patch(live, job_id, {"status": "FAILED", "errorMsg": "Failed to process\nimage"})
     assert r.status_code == 200

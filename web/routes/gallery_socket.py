@@ -17,8 +17,8 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify, request
 
 from photobot.errors import Unavailable
-from photobot.events import resolve_event
 from photobot.fanout.protocol import PATH_PREFIX, SUBPROTOCOL_MSGPACK
+from photobot.gallery import public_event
 from web.deps import services
 
 bp = Blueprint("gallery_socket", __name__)
@@ -34,7 +34,7 @@ def _hostname(host: str) -> str:
 @bp.get("/api/gallery/<slug>/socket")
 async def get_socket(slug: str) -> Response:
     s = services()
-    event = await resolve_event(s.db, slug)
+    event = await public_event(s.db, slug)  # a private event has no live room
     port = s.gallery.server.port
     if port is None or not s.gallery.server.accepting:
         raise Unavailable("the live gallery is not available right now", code="gallery_offline")

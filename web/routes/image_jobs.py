@@ -170,7 +170,7 @@ async def list_image_jobs() -> tuple[Response, int]:
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", code="invalid_status")
     raw_limit = args.get("limit") or str(DEFAULT_LIMIT)
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
     found = await s.image_jobs.list_jobs(
         entity_type=entity_type, entity_id=entity_id, status=status, limit=int(raw_limit)

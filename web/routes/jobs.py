@@ -144,25 +144,29 @@ async def create_job() -> tuple[Response, int]:
     job_id = jobs.new_job_id()
     key = job_input_key(str(event.id), job_id, _EXTENSIONS[info.content_type], date.today())
     await s.storage.put(key, data, info.content_type)
-    job, created = await s.dispatcher.submit(
-        jobs.NewJob(
-            id=job_id,
-            event_id=str(event.id),
-            session_id=str(session.id),
-            operator_id=g.operator.id,
-            source="operator",
-            mode=mode,
-            style_id=style,
-            provider=provider,
-            guest_name=session.name,
-            guest_whatsapp=session.whatsapp,
-            input_key=key,
-            input_sha256=sha,
-            input_type=info.content_type,
-            input_bytes=len(data),
-            idempotency_key=idem_key,
+    try:
+        job, created = await s.dispatcher.submit(
+            jobs.NewJob(
+                id=job_id,
+                event_id=str(event.id),
+                session_id=str(session.id),
+                operator_id=g.operator.id,
+                source="operator",
+                mode=mode,
+                style_id=style,
+                provider=provider,
+                guest_name=session.name,
+                guest_whatsapp=session.whatsapp,
+                input_key=key,
+                input_sha256=sha,
+                input_type=info.content_type,
+                input_bytes=len(data),
+                idempotency_key=idem_key,
+            )
         )
-    )
+    except Conflict:
+        await s.storage.delete(key)  # nothing refers to this upload
+        raise
     if not created:
         await s.storage.delete(key)  # the other request's upload is the one kept
     elif idem_key is not None:
