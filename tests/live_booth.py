@@ -34,7 +34,11 @@ KIE_KEY = "kie-test-key-123"
 
 def jpeg(width: int = 640, height: int = 480, color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
     img = Image.new("RGB", (width, height), color)
-    img.putpixel((0, 0), (random.randrange(256), 0, 0))  # distinct bytes → distinct sha256
+    # A random 16x16 block at a random place: survives JPEG quantization, so two calls give
+    # distinct bytes (distinct sha256) — a single random pixel sometimes did not.
+    x, y = random.randrange(0, max(1, width - 16)), random.randrange(0, max(1, height - 16))
+    block = (random.randrange(256), random.randrange(256), random.randrange(256))
+    img.paste(block, (x, y, x + 16, y + 16))
     out = io.BytesIO()
     img.save(out, "JPEG", quality=85)
     return out.getvalue()

@@ -63,8 +63,9 @@ async def test_operator_uploads_many_photos(live: Live) -> None:
     png = io.BytesIO()
     Image.new("RGB", (64, 48), "green").save(png, "PNG")
     files = [
-        ("photos", ("a.jpg", jpeg(), "image/jpeg")),
-        ("photos", ("b.jpg", jpeg(), "image/jpeg")),
+        # Distinct colours: two random-pixel JPEGs can compress to the same bytes (one photo).
+        ("photos", ("a.jpg", jpeg(color=(200, 30, 30)), "image/jpeg")),
+        ("photos", ("b.jpg", jpeg(color=(30, 30, 200)), "image/jpeg")),
         ("photos", ("c.png", png.getvalue(), "image/png")),
         ("photos", ("notes.jpg", b"not a photo at all", "image/jpeg")),
     ]
