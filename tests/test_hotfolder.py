@@ -28,9 +28,12 @@ BOOTH = "booth-1"
 
 
 def photo(width: int = 320, height: int = 240, seed: int | None = None) -> bytes:
+    """A small JPEG; different seeds give different bytes (a 16x16 block survives JPEG
+    quantization, where a single pixel sometimes did not)."""
     rnd = random.Random(seed)
     img = Image.new("RGB", (width, height), (rnd.randrange(256), rnd.randrange(256), 90))
-    img.putpixel((1, 1), (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)))
+    x, y = rnd.randrange(width - 16), rnd.randrange(height - 16)
+    img.paste((rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)), (x, y, x + 16, y + 16))
     out = io.BytesIO()
     img.save(out, "JPEG", quality=90)
     return out.getvalue()
