@@ -268,18 +268,34 @@ class ImageJobs:
         await self.push(image_job_id)
 
     async def push(self, image_job_id: str) -> bool:
-        """LPUSH the seed's envelope onto ``task_queue``, noting when; ``False`` if Redis failed."""
+        """LPUSH the seed's envelope onto ``task_queue`` once, noting when; ``False`` if Redis
+        failed (the row stays unpushed for the sweep).
+
+        The row is locked across the LPUSH: a concurrent push of the same job (the upload's
+        notify racing the optimizer's sweep, or another box's sweep) waits, then finds
+        ``enqueued_at`` set and pushes nothing, so a worker never pops one job twice.
+        """
         try:
-            await self.cache.lpush(TASK_QUEUE, envelope(image_job_id))
+            async with self.db.transaction() as tx:
+                unpushed = await tx.fetchval(
+                    """select true from image_jobs
+                       where id = $1 and status = 'PENDING' and enqueued_at is null
+                       for update""",
+                    uuid.UUID(image_job_id),
+                )
+                if not unpushed:
+                    return True  # already pushed by someone else, or no longer waiting
+                await self.cache.lpush(TASK_QUEUE, envelope(image_job_id))
+                await tx.execute(
+                    "update image_jobs set enqueued_at = now() where id = $1",
+                    uuid.UUID(image_job_id),
+                )
         except CacheError as exc:
             log.warning(
                 "image job not pushed; will retry",
                 extra={"imageJobId": image_job_id, "error": exc.message},
             )
             return False
-        await self.db.execute(
-            "update image_jobs set enqueued_at = now() where id = $1", uuid.UUID(image_job_id)
-        )
         return True
 
     # -- reading -----------------------------------------------------------------------------

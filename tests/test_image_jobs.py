@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,30 @@ async def test_an_envelope_that_missed_redis_is_pushed_again(
         return (await live.services.image_jobs.get(job_id)).enqueued_at is not None
 
     await until(noted, timeout=5)
+
+
+async def test_concurrent_pushes_of_one_job_queue_it_once(external: Live, redis_url: Any) -> None:
+    """The upload's push, the optimizer's sweep and another box's sweep can all see one job
+    unpushed at once; a worker must still pop it exactly once."""
+    live = external
+    event = await live.event()
+    [photo_id] = await upload(live, event, exif_jpeg(640, 480))
+    job_id = await job_id_of(live, photo_id)
+    client = redis.Redis.from_url(redis_url.url)
+    queue = f"{redis_url.prefix}task_queue"
+    try:
+        assert client.lrange(queue, 0, -1) == [envelope(job_id).encode()]
+        client.delete(queue)
+        for _ in range(3):  # the window between a push's LPUSH and its bookkeeping, reopened
+            await live.services.db.execute(
+                "update image_jobs set enqueued_at = null where id = $1", uuid.UUID(job_id)
+            )
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(live.services.image_jobs.push, job_id)
+            assert client.lrange(queue, 0, -1) == [envelope(job_id).encode()]
+            client.delete(queue)
+        assert (await live.services.image_jobs.get(job_id)).enqueued_at is not None
+    finally:
+        client.delete(queue)
+        client.close()
