@@ -53,6 +53,10 @@ from photobot.supervisor import ChildContext
 
 log = logging.getLogger("photobot.pool")
 
+#: A running job of ours that no task holds is reclaimed once it has been this long without
+#: an update (a job in hand is updated at every stage and progress flush).
+RECLAIM_MIN_IDLE = 10.0
+
 #: Percent at the start of each stage; the AI stage fills the range up to the next one.
 STAGES = {"preprocessing": 5, "ai_processing": 30, "uploading_output": 85, "done": 100}
 
@@ -155,7 +159,9 @@ class WorkerPool:
             try:
                 if self.publisher is not None:
                     await self.publisher.recover(self.storage.size)
-                back = await jobs.requeue_mine(self.db, self.worker_id, keep=self.in_flight)
+                back = await jobs.requeue_mine(
+                    self.db, self.worker_id, keep=self.in_flight, min_idle=RECLAIM_MIN_IDLE
+                )
                 if back:
                     log.warning("requeued stranded jobs", extra={"count": len(back)})
             except PhotobotError as exc:
@@ -325,11 +331,12 @@ class WorkerPool:
 
         best = keys[min(max(output.best, 0), len(keys) - 1)]
         with trio.CancelScope(shield=True):
-            done = await jobs.succeed(self.db, job.id, self.worker_id, keys, best)
+            # The attempt first: whoever sees the job succeeded sees its attempt complete.
             await jobs.end_attempt(
                 self.db, job.id, job.attempts, "succeeded",
                 provider_request_id=output.provider_request_id,
             )  # fmt: skip
+            done = await jobs.succeed(self.db, job.id, self.worker_id, keys, best)
         if done is not None:
             self._finished(done)
             log.info("job succeeded", extra={"jobId": job.id, "provider": name})

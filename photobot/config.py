@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     operator_password: SecretStr | None = Field(None, validation_alias="OPERATOR_PASSWORD")
     operators_json: SecretStr | None = Field(None, validation_alias="OPERATORS_JSON")
     session_ttl_seconds: int = Field(21600, ge=60, validation_alias="SESSION_TTL_SECONDS")
+    # Registrations per minute from one client address. Raise it when guests reach the box
+    # through one address (a tunnel or a proxy in front of it).
+    register_rate_limit_per_minute: int = Field(
+        10, ge=1, le=100_000, validation_alias="REGISTER_RATE_LIMIT_PER_MINUTE"
+    )
 
     # -- booth and hot folder ----------------------------------------------------------------
     booth_id: str = Field("booth-1", min_length=1, max_length=64, validation_alias="BOOTH_ID")
@@ -147,6 +152,14 @@ class Settings(BaseSettings):
     temp_video_dir: Path | None = Field(None, validation_alias="TEMP_VIDEO_DIR")
     exact_cut: bool = Field(False, validation_alias="EXACT_CUT")
     auto_batch_enabled: bool = Field(True, validation_alias="AUTO_BATCH_ENABLED")
+    # Widen each booth session's clip on both sides; wait this long after its end before
+    # fetching (NVRs write recordings with a delay).
+    clip_padding_seconds: float = Field(5, ge=0, le=600, validation_alias="CLIP_PADDING_SECONDS")
+    clip_flush_delay_seconds: float = Field(
+        60, ge=0, le=3600, validation_alias="CLIP_FLUSH_DELAY_SECONDS"
+    )
+    cctv_min_free_mb: int = Field(200, ge=0, validation_alias="CCTV_MIN_FREE_MB")
+    nvr_timeout_seconds: float = Field(15, gt=0, le=300, validation_alias="NVR_TIMEOUT_SECONDS")
 
     @field_validator("database_url")
     @classmethod

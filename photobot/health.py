@@ -85,6 +85,7 @@ async def report(services: Services) -> tuple[dict[str, Any], int]:
         "checks": checks,
         "actors": actors,
         "gallery": services.gallery.stats(),
+        "cctv": services.cctv.stats(services.wiring.clip_trigger[1]),
         "supervisorEvents": recent,
     }
     return body, 503 if status == "down" else 200

@@ -362,10 +362,16 @@ async def is_cancel_requested(db: Database, job_id: str) -> bool:
     )
 
 
-async def requeue_mine(db: Database, worker: str, keep: Iterable[str] = ()) -> list[str]:
+async def requeue_mine(
+    db: Database, worker: str, keep: Iterable[str] = (), *, min_idle: float = 0.0
+) -> list[str]:
     """Our running jobs that nothing runs any more (after a restart, or ``keep`` = the ids
     still in hand) go back to the queue, their open attempts ended; one whose cancel was
-    requested is canceled instead, since it will never be claimed again."""
+    requested is canceled instead, since it will never be claimed again.
+
+    ``min_idle``: only jobs not updated for that many seconds. A periodic sweep needs it: its
+    ``keep`` is a snapshot, and a job claimed while the sweep's query is on its way (claimed
+    just now, so updated just now) must not be taken for a stranded one."""
     kept = [uuid.UUID(k) for k in keep]
 
     async def on_asyncio(conn: asyncpg.Connection) -> list[Record]:
@@ -379,9 +385,11 @@ async def requeue_mine(db: Database, worker: str, keep: Iterable[str] = ()) -> l
                       claimed_by = null, progress_stage = 'queued', progress_percent = 0,
                       updated_at = now()
                where status = 'running' and claimed_by = $1 and not (id = any($2::uuid[]))
+                 and updated_at <= now() - make_interval(secs => $3)
                returning id""",
             worker,
             kept,
+            min_idle,
         )
         ids = [r["id"] for r in rows]
         if ids:

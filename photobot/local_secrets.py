@@ -1,12 +1,14 @@
 """Secrets a booth needs even when nobody configured them.
 
 With ``JWT_SECRET`` unset, operator tokens are signed with a random key; with local storage,
-signed file URLs need an HMAC key. Both are generated on first start and kept in
+signed file URLs need an HMAC key; with ``CAMERA_ENCRYPTION_KEY`` unset, camera passwords are
+encrypted with a Fernet key of the box's own. All are generated on first start and kept in
 ``<data dir>/secrets.json`` (mode 0600) so tokens and links stay valid across restarts.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -18,6 +20,7 @@ from pathlib import Path
 class LocalSecrets:
     jwt_secret: bytes
     url_signing_key: bytes
+    camera_key: bytes  # a Fernet key (url-safe base64 of 32 bytes)
 
 
 def load_or_create(data_dir: Path) -> LocalSecrets:
@@ -31,6 +34,9 @@ def load_or_create(data_dir: Path) -> LocalSecrets:
         if name not in stored:
             stored[name] = secrets.token_hex(32)
             changed = True
+    if "camera_key" not in stored:  # added later: a secrets file from before gains it
+        stored["camera_key"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        changed = True
     if changed:
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -42,4 +48,5 @@ def load_or_create(data_dir: Path) -> LocalSecrets:
     return LocalSecrets(
         jwt_secret=bytes.fromhex(stored["jwt_secret"]),
         url_signing_key=bytes.fromhex(stored["url_signing_key"]),
+        camera_key=stored["camera_key"].encode(),
     )

@@ -76,6 +76,13 @@ class Metrics:
         self.hotfolder_files = Counter(
             "photobot_hotfolder_files", "Hot folder files by outcome", ["outcome"], registry=r
         )
+        self.clips = Counter(
+            "photobot_clip_requests", "CCTV clip requests by outcome", ["outcome"], registry=r
+        )
+        self.clip_duration = Histogram(
+            "photobot_clip_seconds", "CCTV clip request processing time", registry=r,
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+        )  # fmt: skip
 
     def watch_actors(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(_ActorCollector(states))

@@ -31,7 +31,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 import actors
-from actors import cctv, registry
+from actors import registry
+from actors.cctv import CctvConfig, CctvPoller
 from actors.dispatcher import Dispatcher
 from actors.gallery import GalleryBroadcaster
 from actors.hotfolder import HotfolderPaths, HotfolderWatcher
@@ -40,6 +41,7 @@ from actors.pool import WorkerPool
 from actors.registry import SessionRegistry
 from photobot.bus import Bus
 from photobot.cache import Cache
+from photobot.cctv.store import CameraKey, ClipStore
 from photobot.config import Settings
 from photobot.db import Database, ensure_database
 from photobot.db.migrate import migrate
@@ -82,6 +84,8 @@ class Services:
     gallery: GalleryBroadcaster
     image_jobs: ImageJobs
     optimizer: ImageOptimizer
+    clips: ClipStore
+    cctv: CctvPoller
     started_at: float = field(default_factory=time.time)
     supervisor: Supervisor = field(init=False)
 
@@ -157,6 +161,16 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         publisher = Publisher(db, wiring.publish[0], derivatives=image_jobs)
         gallery = _gallery(settings, db, cache, metrics, wiring)
         hot_root = settings.hotfolder_path or data_dir / "hotfolder"
+        clips = ClipStore(
+            db,
+            CameraKey(
+                settings.camera_encryption_key.get_secret_value()
+                if settings.camera_encryption_key is not None
+                else secrets.camera_key
+            ),
+            padding=settings.clip_padding_seconds,
+            flush_delay=settings.clip_flush_delay_seconds,
+        )
         yield Services(
             settings=settings,
             data_dir=data_dir,
@@ -209,6 +223,22 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 publisher=publisher,
                 stability_delay=settings.file_stability_delay_ms / 1000,
                 workers=settings.hotfolder_workers,
+            ),
+            clips=clips,
+            cctv=CctvPoller(
+                clips,
+                storage,
+                CctvConfig(
+                    worker_id=settings.booth_id,
+                    temp_dir=(settings.temp_video_dir or data_dir / "tmp" / "cctv").absolute(),
+                    batch_interval=settings.batch_interval_seconds,
+                    batch_size=settings.batch_size,
+                    auto_batch=settings.auto_batch_enabled,
+                    exact_cut=settings.exact_cut,
+                    min_free_bytes=settings.cctv_min_free_mb * 2**20,
+                    nvr_timeout=settings.nvr_timeout_seconds,
+                ),
+                metrics,
             ),
         )
 
@@ -277,7 +307,12 @@ def actor_specs(services: Services) -> list[ChildSpec]:
             quick,
         ),
         ChildSpec("hotfolder_watcher", services.hotfolder.run, Restart.PERMANENT, quick),
-        ChildSpec("cctv_poller", cctv.run, Restart.PERMANENT, quick),
+        ChildSpec(
+            "cctv_poller",
+            functools.partial(services.cctv.run, triggers=services.wiring.clip_trigger[1]),
+            Restart.PERMANENT,
+            quick,
+        ),
     ]
 
 

@@ -70,18 +70,24 @@ class Booth:
     proc: subprocess.Popen[bytes] | None = None
     url: str | None = None
     output: list[str] = field(default_factory=list)
+    #: Where the booth's log (stderr) goes; None keeps it in a pipe, read when the booth exits.
+    #: A booth that runs for long must have one: nobody drains the pipe, and a full pipe blocks.
+    log_path: Path | None = None
 
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait for the ready line; return seconds from spawn to ready."""
         started = time.monotonic()
+        log = self.log_path.open("ab") if self.log_path is not None else subprocess.PIPE
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "photobot", "run", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(self.data_dir), *self.args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log,
             env=self.env,
             cwd=self.data_dir.parent,
         )  # fmt: skip
+        if self.log_path is not None:
+            log.close()  # type: ignore[union-attr]
         assert self.proc.stdout is not None
         deadline = started + timeout
         while time.monotonic() < deadline:
@@ -123,6 +129,8 @@ class Booth:
         return self.proc.wait(timeout)
 
     def stderr(self) -> str:
+        if self.log_path is not None:
+            return self.log_path.read_text(errors="replace")[-4000:]
         if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
             return ""
         return self.proc.stderr.read().decode(errors="replace")[-4000:]

@@ -97,6 +97,11 @@ class RedisTarget:
 # parametrization
 
 
+#: The browser tests run in a process of their own (see tests/browser/conftest.py); ``./dev test``
+#: runs them with ``--confcutdir=tests/browser``, which keeps this file, and this line, out.
+collect_ignore = ["browser"]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = set(metafunc.fixturenames)
     uses_db = bool(names & {"database_url", "postgres_server"})

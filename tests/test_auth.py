@@ -261,7 +261,7 @@ async def test_require_operator_rejects_bad_tokens(booth: Booth) -> None:
 def test_settings_errors_stop_start_up() -> None:
     from photobot.local_secrets import LocalSecrets
 
-    secrets = LocalSecrets(jwt_secret=b"k" * 32, url_signing_key=b"u" * 32)
+    secrets = LocalSecrets(jwt_secret=b"k" * 32, url_signing_key=b"u" * 32, camera_key=b"c" * 44)
     cases = {
         "JWT_SECRET": {"jwt_secret": "short"},
         "OPERATORS_JSON": {"operators_json": "[{not json"},

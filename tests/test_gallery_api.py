@@ -564,7 +564,7 @@ async def test_a_private_event_shows_each_guest_only_their_own(live: Live) -> No
     assert [p["photo_id"] for p in body["photos"]] == [ayu_photo.id]
     assert body["event"] == {"slug": slug, "name": event["name"], "visibility": "private"}
     download = body["photos"][0]["downloadUrl"]
-    assert download == f"/api/guest/{token}/photos/{ayu_photo.id}/download"
+    assert download == f"/api/guest/{token}/photos/{ayu_photo.id}/download?variant=original"
     r = await live.http.get(download)
     assert r.status_code == 302 and r.headers["Referrer-Policy"] == "no-referrer"
     assert (await live.http.get(r.headers["Location"])).content.startswith(b"\xff\xd8")
@@ -616,6 +616,13 @@ async def test_guest_results(live: Live) -> None:
     assert (share.netloc, share.path) == ("wa.me", "/628123456789")
     text = unquote(share.query.removeprefix("text="))
     assert text == f"Your photos from {event['name']}: {session['guestUrl']}"
+    # Each photo has its own link: WhatsApp to the guest, carrying the photo's download URL.
+    photo_share = urlsplit(photo["whatsappShareUrl"])
+    assert (photo_share.netloc, photo_share.path) == ("wa.me", "/628123456789")
+    base = session["guestUrl"].split("/g/")[0]
+    assert unquote(photo_share.query.removeprefix("text=")) == (
+        f"My photo from {event['name']}: {base}{photo['downloadUrl']}"
+    )
 
     # After the 6 h TTL the page still works for a grace period; then it is gone.
     sid = uuid.UUID(session["sessionId"])

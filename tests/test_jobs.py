@@ -316,3 +316,30 @@ async def test_event_frame_is_applied_to_every_photo(live: Live) -> None:
     assert r_ > 200 and g_ < 60 and b_ < 60
     r_, g_, b_ = styled.convert("RGB").getpixel((300, 300))
     assert (r_, g_, b_) != (255, 0, 0)
+
+
+async def test_the_periodic_reclaim_leaves_a_job_claimed_just_now(live: Live) -> None:
+    # The pool's reclaim sweep passes the jobs in hand as a snapshot; a job claimed while its
+    # query is on the way was updated just now and must not be taken for a stranded one.
+    import hashlib
+    import uuid
+
+    from photobot import jobs
+
+    event = await live.event()
+    worker = live.services.settings.booth_id
+    ids = {}
+    for name, age in [("stranded", 30), ("just_claimed", 0)]:
+        ids[name] = await live.services.db.fetchval(
+            "insert into jobs (event_id, source, status, input_key, input_sha256, input_type,"
+            " input_bytes, claimed_by, started_at, updated_at) values ($1, 'operator',"
+            " 'running', 'k/in.jpg', $2, 'image/jpeg', 1, $3, now(),"
+            " now() - make_interval(secs => $4)) returning id",
+            uuid.UUID(event["id"]), hashlib.sha256(name.encode()).hexdigest(), worker, age,
+        )  # fmt: skip
+    back = await jobs.requeue_mine(live.services.db, worker, keep=(), min_idle=10)
+    assert [str(i) for i in back] == [str(ids["stranded"])]
+    status = await live.services.db.fetchval(
+        "select status from jobs where id = $1", ids["just_claimed"]
+    )
+    assert status == "running"

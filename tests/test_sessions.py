@@ -237,6 +237,17 @@ async def test_registration_rate_limit_per_ip(booth: Booth) -> None:
     assert await b.services.db.fetchval("select count(*) from guest_sessions") == 11
 
 
+async def test_registration_rate_limit_is_a_setting(booth_env: BoothEnv) -> None:
+    # A box behind a tunnel sees every guest at one address: the operator raises the limit.
+    async with booth_env.open(register_rate_limit_per_minute=3) as b:
+        await _event(b)
+        for _ in range(3):
+            response = await _register(b, {"eventId": "wedding", **GUEST}, "10.6.0.1")
+            assert response.status_code == 201
+        limited = await _register(b, {"eventId": "wedding", **GUEST}, "10.6.0.1")
+        assert limited.status_code == 429
+
+
 # -- codes -----------------------------------------------------------------------------------
 
 

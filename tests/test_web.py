@@ -159,6 +159,40 @@ async def test_signed_file_urls(services: Services, nursery: trio.Nursery) -> No
     assert (await response.get_json())["error"]["code"] == "signature_expired"
 
 
+async def test_signed_file_urls_serve_byte_ranges(
+    services: Services, nursery: trio.Nursery
+) -> None:
+    # A phone's video player (Safari always) asks for ranges and plays nothing without them.
+    client = await _client(services, nursery)
+    key = "clips/booth-1/2026-11-22/1-abcd.mp4"
+    data = bytes(range(256)) * 1000  # several read chunks
+    await services.storage.put(key, data, "video/mp4")
+    url = await services.storage.signed_url(key, 60)
+    whole = await client.get(url)
+    assert whole.status_code == 200 and whole.headers["Accept-Ranges"] == "bytes"
+    assert await whole.get_data() == data
+    for header, start, end in [
+        ("bytes=0-1", 0, 1),
+        ("bytes=100-70000", 100, 70000),
+        ("bytes=255990-", 255990, len(data) - 1),
+        ("bytes=-10", len(data) - 10, len(data) - 1),
+        ("bytes=5-9999999", 5, len(data) - 1),
+    ]:
+        part = await client.get(url, headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
+        assert part.headers["Content-Length"] == str(end - start + 1)
+        assert await part.get_data() == data[start : end + 1], header
+    for header in ["bytes=256000-", "bytes=-0"]:
+        refused = await client.get(url, headers={"Range": header})
+        assert refused.status_code == 416, header
+        assert refused.headers["Content-Range"] == f"bytes */{len(data)}"
+    # Not served as ranges (several, other units, invalid, absurd): the whole file.
+    for header in ["bytes=0-1,5-6", "items=0-1", "bytes=-", "bytes=10-5", "bytes=" + "9" * 5000]:
+        full = await client.get(url, headers={"Range": header})
+        assert full.status_code == 200 and await full.get_data() == data, header
+
+
 async def test_unknown_route_and_method_have_the_error_shape(
     services: Services, nursery: trio.Nursery
 ) -> None:

@@ -13,9 +13,9 @@ import trio
 from quart_trio import QuartTrio
 
 from photobot.root import Services
-from web import auth, cors, errors
+from web import auth, cors, errors, pages
 from web.routes import auth as auth_routes
-from web.routes import booth, events, files, gallery, guest, jobs, ops, photos, sessions
+from web.routes import booth, cctv, events, files, gallery, guest, jobs, ops, photos, sessions
 from web.routes import gallery_socket as gallery_socket_routes
 from web.routes import image_jobs as image_jobs_routes
 
@@ -25,7 +25,7 @@ MAX_BODY_BYTES = 50 * 1024 * 1024
 
 
 def create_app(services: Services) -> QuartTrio:
-    app = QuartTrio("photobot")
+    app = QuartTrio("photobot", static_folder=None)  # static files: web/pages.py
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["photobot"] = services
@@ -44,6 +44,8 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(gallery.bp)
     app.register_blueprint(guest.bp)
     app.register_blueprint(image_jobs_routes.bp)
+    app.register_blueprint(cctv.bp)
+    app.register_blueprint(pages.bp)
     return app
 
 

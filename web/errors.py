@@ -13,12 +13,14 @@ from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from photobot import errors
+from photobot.cctv.isapi import IsapiError
 from photobot.storage import SignatureError
 
 log = logging.getLogger("photobot.web")
 
 _STATUS: list[tuple[type[errors.PhotobotError], int]] = [
     (SignatureError, 403),
+    (IsapiError, 502),  # the NVR refused or failed: a bad gateway, not our fault nor the client's
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
     (errors.RateLimited, 429),

@@ -72,25 +72,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _FileChunks:
-    """Async iterator over an open file, one thread hop per chunk."""
+    """Async iterator over an open file, one thread hop per chunk; at most ``remaining`` bytes
+    (None: to the end)."""
 
-    def __init__(self, f: BinaryIO, limiter: trio.CapacityLimiter, chunk_size: int) -> None:
+    def __init__(
+        self, f: BinaryIO, limiter: trio.CapacityLimiter, chunk_size: int,
+        remaining: int | None = None,
+    ) -> None:  # fmt: skip
         self._f = f
         self._limiter = limiter
         self._chunk_size = chunk_size
+        self._remaining = remaining
 
     def __aiter__(self) -> _FileChunks:
         return self
 
     async def __anext__(self) -> bytes:
+        want = self._chunk_size
+        if self._remaining is not None:
+            want = min(want, self._remaining)
+            if want <= 0:
+                raise StopAsyncIteration
         try:
-            chunk = await trio.to_thread.run_sync(
-                self._f.read, self._chunk_size, limiter=self._limiter
-            )
+            chunk = await trio.to_thread.run_sync(self._f.read, want, limiter=self._limiter)
         except OSError as exc:
             raise StorageError(f"local storage read failed: {exc.strerror}") from exc
         if not chunk:
             raise StopAsyncIteration
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
         return chunk
 
 
@@ -220,16 +230,23 @@ class LocalStorage:
         return await self._run(read, "get", key)
 
     @asynccontextmanager
-    async def open_read(self, key: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open_read(
+        self, key: str, *, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Chunks of the object; ``start``/``length`` read a byte range (HTTP Range requests:
+        a phone's video player asks for the part it needs)."""
         path = self.path_for(key)
 
         def open_file() -> BinaryIO:
             self._ensure_inside(path)
-            return open(path, "rb")  # closed in open_read's finally
+            f = open(path, "rb")  # closed in open_read's finally
+            if start:
+                f.seek(start)
+            return f
 
         f = await self._run(open_file, "open_read", key)
         try:
-            yield _FileChunks(f, self.limiter, CHUNK_SIZE)
+            yield _FileChunks(f, self.limiter, CHUNK_SIZE, length)
         finally:
             f.close()  # closing a regular file does not block meaningfully
 

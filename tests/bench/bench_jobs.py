@@ -60,7 +60,7 @@ from photobot.config import load_settings
 from photobot.db import ensure_database
 from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.root import Services, build_supervisor, open_services
-from tests.bench.common import percentile, remove_stale, server_tmp_base
+from tests.bench.common import percentile, proc_status_kib, remove_stale, server_tmp_base
 from web.app import create_app
 
 PASSWORD = "bench-jobs-password"
@@ -184,13 +184,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def rss_kib(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1])
-    return 0
 
 
 @dataclass(frozen=True)
@@ -421,13 +414,13 @@ async def bench(args: argparse.Namespace, photos: list[Path], work: Path, server
 
                     lag = LoopLag()
                     load_before = os.getloadavg()[0]
-                    rss_before = rss_kib("VmRSS")
+                    rss_before = proc_status_kib("VmRSS")
                     peak_reset = reset_peak_rss()
                     inner.start_soon(lag.run)
                     start = CpuMark.now()
                     times, uploaded = await run_jobs(client, recorder, photos[:-1], args.timeout)
                     end = CpuMark.now()
-                    peak = rss_kib("VmHWM")
+                    peak = proc_status_kib("VmHWM")
             finally:
                 await supervisor.stop()
                 stop.set()

@@ -17,14 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench.common import proc_status_kib
 from tests.booth_process import Booth
-
-
-def _vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _comm(pid: int) -> str:
@@ -54,10 +48,11 @@ def main() -> None:
             if i == 0:
                 time.sleep(3)
                 assert booth.proc is not None
-                memory["photobot"] = _vm_hwm_kib(booth.proc.pid)
+                memory["photobot"] = proc_status_kib("VmHWM", booth.proc.pid)
                 by_name: dict[str, int] = {}
                 for pid in booth.children():
-                    by_name[_comm(pid)] = by_name.get(_comm(pid), 0) + _vm_hwm_kib(pid)
+                    peak = proc_status_kib("VmHWM", pid)
+                    by_name[_comm(pid)] = by_name.get(_comm(pid), 0) + peak
                 memory.update(by_name)
             assert booth.stop(signal.SIGTERM) == 0
             warm_booth = Booth(data_dir)

@@ -23,6 +23,18 @@ def percentile(values: Sequence[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def proc_status_kib(field: str, pid: int | str = "self") -> int:
+    """A memory figure (``VmRSS``, ``VmHWM``…) of a process from /proc, in KiB; 0 if gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
 def server_tmp_base() -> str:
     # As in tests/conftest.py: tmpfs when available; as root the servers run as `nobody`, and
     # the embedded code gives the parent folders o+x so that account can reach its data dir.

@@ -2,9 +2,13 @@
 
 - ``GET /api/guest/<token>/results`` →
   ``{"session": {"name", "code", "expiresAt"}, "event": {"slug", "name", "visibility"},
-  "photos": [photo…], "jobs": [job…], "clips": [], "guestUrl", "whatsappShareUrl"}``.
-  Photos have the gallery's shape (``web/routes/gallery.py``) plus ``jobId``; their
-  ``downloadUrl`` is the guest route below, so it works for private events too. Jobs, newest
+  "photos": [photo…], "jobs": [job…], "clips": [clip…], "guestUrl", "whatsappShareUrl"}``.
+  A clip (the booth's CCTV video of the guest's session): ``{"id", "url", "posterUrl",
+  "durationSeconds", "sizeBytes", "createdAt"}``, URLs signed.
+  Photos have the gallery's shape (``web/routes/gallery.py``) plus ``jobId`` and
+  ``whatsappShareUrl`` (WhatsApp to the guest's own number with the photo's download link);
+  their ``downloadUrl`` is the guest route below with ``variant=original`` (the styled JPEG for
+  the booth's own results), so it works for private events too. Jobs, newest
   first: ``{"id", "jobId", "status", "styleId", "progress": {"percent", "stage"}, "error":
   {"code"} | null, "createdAt", "updatedAt", "finishedAt"}`` (no operator details, no provider
   error text). At most the newest 200 photos and 100 jobs. ``whatsappShareUrl`` opens WhatsApp
@@ -30,6 +34,7 @@ from photobot import gallery, jobs
 from photobot.errors import NotFound
 from photobot.events import resolve_event
 from web.deps import services
+from web.routes.cctv import clip_json
 from web.routes.gallery import device_id, download_redirect, iso, photos_json
 from web.routes.sessions import base_url
 
@@ -85,9 +90,16 @@ async def results(token: str) -> Response:
     photos = await photos_json(
         s,
         found.photos,
-        lambda p: f"/api/guest/{token}/photos/{p.id}/download",
+        # ``original``: a guest's own styled photo downloads as the booth's JPEG (what phones
+        # and WhatsApp handle best); a camera photo still gives only its optimized copy.
+        lambda p: f"/api/guest/{token}/photos/{p.id}/download?variant=original",
         with_job=True,
     )
+    for photo in photos:
+        # Absolute: the link leaves the box in a WhatsApp message.
+        photo["whatsappShareUrl"] = whatsapp_share_link(
+            session.whatsapp, f"My photo from {event.name}: {base_url()}{photo['downloadUrl']}"
+        )
     body = {
         "session": {
             "name": session.name,
@@ -97,7 +109,9 @@ async def results(token: str) -> Response:
         "event": {"slug": event.slug, "name": event.name, "visibility": event.visibility},
         "photos": photos,
         "jobs": [job_json(j) for j in found.jobs],
-        "clips": [],
+        "clips": [
+            await clip_json(s, clip) for clip in await s.clips.clips_of_session(str(session.id))
+        ],
         "guestUrl": guest_url,
         "whatsappShareUrl": whatsapp_share_link(
             session.whatsapp, f"Your photos from {event.name}: {guest_url}"

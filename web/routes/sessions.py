@@ -1,6 +1,7 @@
 """Guest sessions API; semantics in :mod:`actors.registry`.
 
-- ``POST /sessions {"eventId", "name", "whatsapp"}`` (public; 10 per minute per client IP) →
+- ``POST /sessions {"eventId", "name", "whatsapp"}`` (public; ``REGISTER_RATE_LIMIT_PER_MINUTE``,
+  default 10, per client IP) →
   201 ``{"sessionId", "code", "guestUrl", "expiresAt", "qrSvgUrl"}``. ``eventId`` is the event's
   uuid or slug. Bad input → 422 naming the field (``invalid_name``, ``invalid_whatsapp``,
   ``invalid_input``); unknown event → 404 ``event_not_found``.
@@ -28,7 +29,6 @@ from web.deps import services
 
 bp = Blueprint("sessions", __name__)
 
-REGISTER_LIMIT = ratelimit.Limit("sessions", 10, 60)
 #: QR rendering: error correction M survives a scratched phone screen; 8 px per module and the
 #: standard 4-module quiet zone scan well from a printed or on-screen code.
 QR_ERROR = "m"
@@ -53,7 +53,8 @@ async def post_session() -> Response:
     s = services()
     ip = client_ip()
     # Counted before validation, so a script probing inputs is limited like one registering.
-    await ratelimit.hit(s.cache, (REGISTER_LIMIT, ip))
+    limit = ratelimit.Limit("sessions", s.settings.register_rate_limit_per_minute, 60)
+    await ratelimit.hit(s.cache, (limit, ip))
     body = await json_object()
     unknown = sorted(set(body) - {"eventId", "name", "whatsapp"})
     if unknown:
