@@ -43,7 +43,7 @@ from photobot.cctv.isapi import IsapiClient, IsapiError, NvrUnavailable
 from photobot.cctv.store import Camera, ClipRequest, ClipStore
 from photobot.cctv.video import Part, VideoError, make_clip
 from photobot.concurrency import open_nursery
-from photobot.errors import ConfigError, NotFound, PhotobotError, Unavailable
+from photobot.errors import ConfigError, Conflict, NotFound, PhotobotError, Unavailable
 from photobot.metrics import Metrics
 from photobot.storage import Storage
 from photobot.supervisor import ChildContext
@@ -248,12 +248,50 @@ class CctvPoller:
         )  # fmt: skip
         day = request.start_time.strftime("%Y-%m-%d")
         stem = f"clips/{camera.booth_id}/{day}/{request.id}-{secrets.token_hex(4)}"
-        await self.storage.put_file(f"{stem}.mp4", result.path, "video/mp4")
-        await self.storage.put_file(f"{stem}.jpg", result.poster_path, "image/jpeg")
-        await self.store.complete(
-            request.id, self.config.worker_id, storage_key=f"{stem}.mp4",
-            poster_key=f"{stem}.jpg", duration=result.duration_seconds, size=result.size_bytes,
-        )  # fmt: skip
+        uploaded: list[str] = []
+        try:
+            for key, path, content_type in (
+                (f"{stem}.mp4", result.path, "video/mp4"),
+                (f"{stem}.jpg", result.poster_path, "image/jpeg"),
+            ):
+                await self.storage.put_file(key, path, content_type)
+                uploaded.append(key)
+            await self.store.complete(
+                request.id, self.config.worker_id, storage_key=f"{stem}.mp4",
+                poster_key=f"{stem}.jpg", duration=result.duration_seconds,
+                size=result.size_bytes,
+            )  # fmt: skip
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self._discard(request.id, uploaded)
+            raise
+
+    async def _discard(self, request_id: int, keys: list[str]) -> None:
+        """Remove the objects of a clip that did not get recorded (a retry uploads anew).
+
+        When the database cannot say whether the clip was recorded (its commit's answer was
+        lost), they are kept: an orphan object costs disk, a missing one costs a guest a video.
+        """
+        if not keys:
+            return
+        try:
+            clip = await self.store.clip_of(request_id)
+        except PhotobotError as exc:
+            log.warning(
+                "clip upload kept: cannot tell if it was recorded",
+                extra={"clip_request_id": request_id, "keys": keys, "error": exc.message},
+            )
+            return
+        if clip is not None and clip.storage_key in keys:
+            return
+        for key in keys:
+            try:
+                await self.storage.delete(key)
+            except PhotobotError as exc:
+                log.warning(
+                    "orphan clip object not removed",
+                    extra={"clip_request_id": request_id, "key": key, "error": exc.message},
+                )
 
     async def _download(self, camera: Camera, request: ClipRequest, workdir: Path) -> list[Part]:
         offset = (
@@ -298,7 +336,7 @@ class CctvPoller:
 
 
 #: Failures a request can meet (the NVR, ffmpeg, the disk, the store): FAILED with their reason.
-_EXPECTED = (IsapiError, VideoError, ClipFailed, NotFound, ConfigError, Unavailable)
+_EXPECTED = (IsapiError, VideoError, ClipFailed, NotFound, Conflict, ConfigError, Unavailable)
 
 
 def _empty_dir(path: Path) -> None:
@@ -311,4 +349,3 @@ def _empty_dir(path: Path) -> None:
 
 def _reason(exc: PhotobotError) -> str:
     return f"{exc.code}: {exc.message}"
-

@@ -259,3 +259,32 @@ async def test_an_unexpected_error_fails_the_request_not_the_poller(rig: Rig) ->
     health = (await rig.live.http.get("/health")).json()
     [poller] = [a for a in health["actors"] if a["name"] == "cctv_poller"]
     assert poller["restarts"] == 0 and rig.leftovers() == []
+
+
+async def test_a_request_taken_back_mid_run_keeps_no_clip_and_no_upload(rig: Rig) -> None:
+    # While this box downloads, the request is taken back (another box's recovery, say); the
+    # finished clip must not be recorded over it, and what was uploaded is removed again.
+    recs = rig.nvr.add_recordings(101, DAY, 2, SEGMENT, label="lost")
+    camera = await rig.camera()
+    request = await rig.request(camera, recs[0].start + timedelta(seconds=2), 30)
+    rig.nvr.stall_downloads_after(65536)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.poller.run_request, request.id)
+        with trio.fail_after(20):
+            await rig.nvr.download_stalled.wait()
+        await rig.live.services.db.execute(
+            "update clip_requests set status = 'READY_FOR_BATCH', claimed_by = null where id = $1",
+            request.id,
+        )
+        rig.nvr.release_stall()
+    back = await rig.live.services.clips.request(request.id)
+    assert (back.status, back.claimed_by) == ("READY_FOR_BATCH", None)
+    assert await rig.live.services.clips.clip_of(request.id) is None
+    root = rig.live.services.storage.root  # type: ignore[attr-defined]
+    assert sorted(p.name for p in root.rglob("*") if p.suffix in (".mp4", ".jpg")) == []
+    assert rig.leftovers() == []
+
+    # Taken again, by the book, it makes its clip.
+    got = await rig.run_one(request)
+    assert got["status"] == "CLIP_GENERATED", got
+    assert len([p for p in root.rglob("*.mp4")]) == 1

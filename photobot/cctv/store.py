@@ -32,7 +32,7 @@ from typing import Any, Literal
 from cryptography.fernet import Fernet, InvalidToken
 
 from photobot.db import Database, Record
-from photobot.errors import ConfigError, InvalidInput, NotFound
+from photobot.errors import ConfigError, Conflict, InvalidInput, NotFound
 
 STATUSES = ("PENDING", "READY_FOR_BATCH", "PROCESSING", "CLIP_GENERATED", "FAILED")
 TimeMode = Literal["utc", "local"]
@@ -427,8 +427,25 @@ class ClipStore:
 
     async def complete(self, request_id: int, worker: str, *, storage_key: str, poster_key: str,
                        duration: float, size: int) -> Clip:  # fmt: skip
-        """Record the clip and mark the request ``CLIP_GENERATED`` in one transaction."""
+        """Mark the request ``CLIP_GENERATED`` and record its clip, in one transaction.
+
+        Only while the request is still ``worker``'s and PROCESSING: otherwise (another run
+        took it back meanwhile) nothing is written and :class:`Conflict` ``clip_request_lost``
+        is raised, so the caller removes what it uploaded instead of overwriting a clip.
+        """
         async with self.db.transaction() as tx:
+            ours = await tx.fetchval(
+                "update clip_requests set status = 'CLIP_GENERATED', failure_reason = null,"
+                " updated_at = now() where id = $1 and claimed_by = $2 and status = 'PROCESSING'"
+                " returning id",
+                request_id,
+                worker,
+            )
+            if ours is None:
+                raise Conflict(
+                    f"clip request {request_id} is no longer being made by this box",
+                    code="clip_request_lost",
+                )
             row = await tx.fetchrow(
                 "insert into clips (clip_request_id, storage_key, poster_key, duration_seconds,"
                 " size_bytes) values ($1, $2, $3, $4, $5)"
@@ -439,12 +456,6 @@ class ClipStore:
                 " size_bytes, created_at",
                 request_id, storage_key, poster_key, duration, size,
             )  # fmt: skip
-            await tx.execute(
-                "update clip_requests set status = 'CLIP_GENERATED', failure_reason = null,"
-                " updated_at = now() where id = $1 and claimed_by = $2",
-                request_id,
-                worker,
-            )
         assert row is not None
         return Clip.from_record(row)
 
