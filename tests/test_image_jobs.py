@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from PIL import Image
 from actors import GalleryMessage
 from actors.optimizer import OptimizerConfig
 from photobot import photos
-from photobot.errors import CacheError
 from photobot.image_jobs import envelope
 from photobot.optimizer import encode_webp
 from tests.live_booth import Live, open_live
+from tests.standins.cable import open_cable
 from tests.test_optimizer import assert_no_metadata, capture, exif_jpeg, upload, wait_status
 
 TOKEN = "worker-callback-token-0123456789"
@@ -363,38 +364,37 @@ async def test_a_fake_external_worker_completes_image_jobs(external: Live, redis
 
 
 async def test_an_envelope_that_missed_redis_is_pushed_again(
-    external: Live, redis_url: Any, monkeypatch: pytest.MonkeyPatch
+    database_url: str, redis_url: Any, tmp_path: Path
 ) -> None:
-    live = external
-    cache = live.services.cache
-    real_lpush = cache.lpush
-    down = {"yes": True}
+    # The booth reaches Redis through a cable the test pulls out while a photo is uploaded.
+    async with (
+        open_cable(redis_url.url) as cable,
+        open_live(
+            database_url, replace(redis_url, url=cable.via(redis_url.url)),
+            tmp_path / "data", image_workers="external", worker_callback_token=TOKEN,
+        ) as live,
+    ):  # fmt: skip
+        live.services.optimizer.reconfigure(FAST)
+        event = await live.event()
+        cable.cut()
+        [photo_id] = await upload(live, event, exif_jpeg(640, 480))  # published all the same
+        job_id = await job_id_of(live, photo_id)
+        job = await live.services.image_jobs.get(job_id)
+        assert job.status == "PENDING" and job.enqueued_at is None
+        cable.mend()
+        client = redis.Redis.from_url(redis_url.url)
+        try:
+            popped = await trio.to_thread.run_sync(
+                lambda: client.brpop([f"{redis_url.prefix}task_queue"], timeout=10)
+            )
+            assert popped is not None and popped[1] == envelope(job_id).encode()
+        finally:
+            client.close()
 
-    async def lpush(name: str, *values: bytes | str) -> int:
-        if down["yes"]:
-            raise CacheError("redis is down")
-        return await real_lpush(name, *values)
+        async def noted() -> bool:
+            return (await live.services.image_jobs.get(job_id)).enqueued_at is not None
 
-    monkeypatch.setattr(cache, "lpush", lpush)
-    event = await live.event()
-    [photo_id] = await upload(live, event, exif_jpeg(640, 480))  # published all the same
-    job_id = await job_id_of(live, photo_id)
-    job = await live.services.image_jobs.get(job_id)
-    assert job.status == "PENDING" and job.enqueued_at is None
-    down["yes"] = False
-    client = redis.Redis.from_url(redis_url.url)
-    try:
-        popped = await trio.to_thread.run_sync(
-            lambda: client.brpop([f"{redis_url.prefix}task_queue"], timeout=10)
-        )
-        assert popped is not None and popped[1] == envelope(job_id).encode()
-    finally:
-        client.close()
-
-    async def noted() -> bool:
-        return (await live.services.image_jobs.get(job_id)).enqueued_at is not None
-
-    await until(noted, timeout=5)
+        await until(noted, timeout=5)
 
 
 async def test_concurrent_pushes_of_one_job_queue_it_once(external: Live, redis_url: Any) -> None:
