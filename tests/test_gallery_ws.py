@@ -11,7 +11,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from photobot.fanout import FanoutServer
 from photobot.fanout.protocol import OP_TEXT, PROTO_JSON, encode_frame, encode_message
 from photobot.root import Services, actor_specs, build_supervisor, open_services
 from photobot.supervisor import ChildContext, Supervisor
+from tests.standins.cable import open_cable
 from web.app import create_app
 
 UPLOAD = "photo:upload:complete"
@@ -314,6 +315,43 @@ async def test_two_booths_one_gallery_each_message_once(
                 await nothing_more(ws, 0.5)  # nothing twice
         assert a.gallery.stats()["relay"]["received"] == 1
         assert b.gallery.stats()["relay"]["received"] == 1
+
+
+async def test_the_relay_between_booths_survives_a_pulled_redis_cable(
+    database_url: str, redis_url: Any, tmp_path: Path
+) -> None:
+    """Booth b reaches Redis through a cable that is pulled, then plugged back: its own guests
+    keep getting its photos meanwhile, and once it is back both ways work again by themselves."""
+    async with (
+        open_cable(redis_url.url) as cable,
+        open_booth(database_url, redis_url, tmp_path / "a") as a,
+        open_booth(database_url, replace(redis_url, url=cable.via(redis_url.url)), tmp_path / "b")
+        as b,
+    ):  # fmt: skip
+        await create_event(b.services.db, {"name": "Party", "slug": "party"})
+        async with (
+            open_websocket_url(a.url("party")) as on_a,
+            open_websocket_url(b.url("party")) as on_b,
+        ):
+            await a.wait_guests("party", 1)
+            await b.wait_guests("party", 1)
+            errors = b.gallery.relay_errors
+            cable.cut()
+            await wait_for(lambda: not b.gallery.subscribed.is_set())
+            await b.publish("party", photo_id="b-offline")
+            assert (await get_json(on_b))["photo_id"] == "b-offline"  # local delivery goes on
+            await wait_for(lambda: b.gallery.relay_errors >= errors + 2)  # lost, publish failed
+
+            cable.mend()
+            await wait_for(lambda: b.gallery.subscribed.is_set(), timeout=20)
+            await a.publish("party", photo_id="from-a")
+            await b.publish("party", photo_id="from-b")
+            for ws in (on_a, on_b):
+                got = sorted([(await get_json(ws))["photo_id"], (await get_json(ws))["photo_id"]])
+                assert got == ["from-a", "from-b"]
+            await nothing_more(on_a, 0.3)  # b-offline never reached a, and nothing came twice
+            await nothing_more(on_b, 0.3)
+        assert cable.connections >= 2  # b really reconnected through the mended cable
 
 
 async def test_graceful_stop_closes_guests_with_1001(booth: Booth) -> None:
