@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 import mimetypes
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TypeVar
 
 import trio
 
@@ -53,6 +54,8 @@ from photobot.supervisor import ChildContext
 
 log = logging.getLogger("photobot.pool")
 
+T = TypeVar("T")
+
 #: A running job of ours that no task holds is reclaimed once it has been this long without
 #: an update (a job in hand is updated at every stage and progress flush).
 RECLAIM_MIN_IDLE = 10.0
@@ -77,6 +80,7 @@ class PoolConfig:
     max_pending: int = 256
     flush_interval: float = 0.5
     signed_input_ttl: int = 3600
+    result_patience: float = 120.0
 
 
 @dataclass
@@ -330,13 +334,17 @@ class WorkerPool:
         self._check_cancel(run)
 
         best = keys[min(max(output.best, 0), len(keys) - 1)]
-        with trio.CancelScope(shield=True):
-            # The attempt first: whoever sees the job succeeded sees its attempt complete.
-            await jobs.end_attempt(
+        # The attempt first: whoever sees the job succeeded sees its attempt complete.
+        await self._save_result(
+            job.id,
+            lambda: jobs.end_attempt(
                 self.db, job.id, job.attempts, "succeeded",
                 provider_request_id=output.provider_request_id,
-            )  # fmt: skip
-            done = await jobs.succeed(self.db, job.id, self.worker_id, keys, best)
+            ),
+        )  # fmt: skip
+        done = await self._save_result(
+            job.id, lambda: jobs.succeed(self.db, job.id, self.worker_id, keys, best)
+        )
         if done is not None:
             self._finished(done)
             log.info("job succeeded", extra={"jobId": job.id, "provider": name})
@@ -345,6 +353,28 @@ class WorkerPool:
                 with trio.CancelScope(shield=True):
                     await self.publisher.publish_job(done, len(best.data), best.content_type)
         return output
+
+    async def _save_result(self, job_id: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Write what a provider already made, waiting out a database hiccup for up to
+        ``result_patience`` seconds: giving up would rerun the styling (and pay for it again).
+
+        Each write is shielded, so a cancel never leaves half of it; the waits between tries
+        are not, so a shutdown is not held up (the job is requeued when the booth restarts).
+        """
+        delay = 0.1
+        deadline = trio.current_time() + self.config.result_patience
+        while True:
+            try:
+                with trio.CancelScope(shield=True):
+                    return await write()
+            except Unavailable as exc:
+                if trio.current_time() + delay > deadline:
+                    raise
+                log.warning(
+                    "result not saved yet, retrying", extra={"jobId": job_id, "error": exc.message}
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _check_cancel(self, run: _Running) -> None:
         if run.cancel_seen:

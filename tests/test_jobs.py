@@ -15,6 +15,7 @@ from PIL import Image
 
 from photobot.providers.kie import KieProvider
 from tests.live_booth import KIE_KEY, Live, jpeg, open_live, png_bomb
+from tests.standins.cable import open_cable
 
 
 @pytest.fixture
@@ -343,3 +344,37 @@ async def test_the_periodic_reclaim_leaves_a_job_claimed_just_now(live: Live) ->
         "select status from jobs where id = $1", ids["just_claimed"]
     )
     assert status == "running"
+
+
+@pytest.mark.parametrize("outage", [1.5, 5.0], ids=["while-styling", "past-the-styling"])
+async def test_a_database_outage_mid_job_still_ends_in_one_success(
+    database_url: str, redis_url: Any, tmp_path: Path, outage: float
+) -> None:
+    """The booth reaches PostgreSQL through a cable pulled while kie styles a photo and plugged
+    back later: before kie is done, or after (its result cannot be saved until then). Either
+    way the job ends succeeded with one attempt, and kie is not paid twice."""
+    async with (
+        open_cable(database_url) as cable,
+        open_live(cable.via(database_url), redis_url, tmp_path / "data") as live,
+    ):
+        live.kie.polls_to_finish = 30  # about 3 s in ai_processing
+        event = await live.event()
+        session = await live.guest(event["id"])
+        async with live.services.bus.subscribe(capacity=1000) as events:
+            job_id = (await live.submit(session, provider="kie")).json()["id"]
+            with trio.fail_after(10):
+                async for e in events:
+                    if e.job_id == job_id and e.stage == "ai_processing":
+                        break
+        cable.cut()
+        await trio.sleep(outage)
+        assert not cable.up and cable.connections >= 1
+        cable.mend()
+        done = await live.wait_final(job_id, timeout=60)
+        assert done["status"] == "succeeded", done
+        assert [a["outcome"] for a in done["attemptsDetail"]] == ["succeeded"]
+        assert live.kie.calls["createTask"] == 1
+        image = await live.http.get(done["bestOutputUrl"])
+        assert image.status_code == 200
+        [job] = (await live.http.get("/jobs", headers=live.auth)).json()["items"]
+        assert job["id"] == job_id  # exactly one job
