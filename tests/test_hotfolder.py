@@ -23,6 +23,7 @@ from actors.hotfolder import ends_whole, free_name, is_candidate_name
 from photobot.embedded import find_redis_server
 from photobot.embedded._process import free_port
 from tests.live_booth import Live, open_live
+from tests.standins.cable import open_cable
 
 BOOTH = "booth-1"
 
@@ -390,3 +391,36 @@ async def test_redis_stopped_and_restarted_during_a_burst(
     finally:
         if server.proc is not None and server.proc.poll() is None:
             server.stop()
+
+
+async def test_database_cable_pulled_during_a_burst(
+    database_url: str, redis_url: Any, tmp_path: Path
+) -> None:
+    settings = {
+        "hotfolder_path": tmp_path / "hot", "file_stability_delay_ms": 400, "booth_id": BOOTH,
+    }  # fmt: skip
+    async with (
+        open_cable(database_url) as cable,
+        open_live(cable.via(database_url), redis_url, tmp_path / "data", **settings) as live,
+    ):
+        await start_capture(live)
+        for i in range(10):
+            (folder(live) / f"A_{i}.JPG").write_bytes(photo(seed=700 + i))
+            await trio.sleep(0.05)
+        cable.cut()
+        for i in range(10):
+            (folder(live) / f"B_{i}.JPG").write_bytes(photo(seed=800 + i))
+            await trio.sleep(0.05)
+        await trio.sleep(1.5)
+        watcher = live.services.hotfolder
+        assert names(watcher.paths.orphan) == [] and names(watcher.paths.invalid) == []
+        assert names(folder(live)), "files wait in the hot folder while the database is away"
+        cable.mend()
+        processed = await wait_files(watcher.paths.processed, 20, timeout=60)
+        assert len(processed) == 20
+        assert names(folder(live)) == [] and names(watcher.paths.orphan) == []
+        jobs = await hot_jobs(live)
+        assert len(jobs) == 20 and len({j["input_sha256"] for j in jobs}) == 20
+        for job in jobs:
+            done = await live.wait_final(str(job["id"]), timeout=60)
+            assert done["status"] == "succeeded", done

@@ -378,3 +378,38 @@ async def test_a_database_outage_mid_job_still_ends_in_one_success(
         assert image.status_code == 200
         [job] = (await live.http.get("/jobs", headers=live.auth)).json()["items"]
         assert job["id"] == job_id  # exactly one job
+
+
+async def test_a_capture_sent_while_the_database_is_away_is_refused_cleanly_then_resumes_once(
+    database_url: str, redis_url: Any, tmp_path: Path
+) -> None:
+    """What the console's "Resume upload" relies on: during an outage the booth answers a clear
+    503 (not a 500, not a hang), and the same capture re-sent later makes exactly one job."""
+    async with (
+        open_cable(database_url) as cable,
+        open_live(cable.via(database_url), redis_url, tmp_path / "data") as live,
+    ):
+        event = await live.event()
+        session = await live.guest(event["id"])
+        photo = jpeg(color=(9, 80, 200))
+        cable.cut()
+        with trio.fail_after(20):
+            refused = await live.submit(session, photo, key="capture-7")
+            health = await live.http.get("/health")
+        assert refused.status_code == 503, refused.text
+        assert set(refused.json()["error"]) == {"code", "message"}
+        assert health.status_code == 503 and health.json()["status"] != "ok"
+        cable.mend()
+        with trio.fail_after(20):
+            while True:  # the pool's connections come back one by one
+                resent = await live.submit(session, photo, key="capture-7")
+                if resent.status_code != 503:
+                    break
+                await trio.sleep(0.2)
+        assert resent.status_code == 201, resent.text
+        done = await live.wait_final(resent.json()["id"])
+        assert done["status"] == "succeeded", done
+        again = await live.submit(session, photo, key="capture-7")
+        assert again.status_code == 200 and again.json()["id"] == done["id"]
+        [job] = (await live.http.get("/jobs", headers=live.auth)).json()["items"]
+        assert job["id"] == done["id"]
