@@ -41,8 +41,8 @@ import trio
 
 from photobot.cctv.isapi import IsapiClient, IsapiError, NvrUnavailable
 from photobot.cctv.store import Camera, ClipRequest, ClipStore
-from photobot.cctv.video import Part, VideoError, make_clip
-from photobot.concurrency import open_nursery
+from photobot.cctv.video import ClipResult, Part, VideoError, make_clip
+from photobot.concurrency import open_nursery, save_patiently
 from photobot.errors import ConfigError, Conflict, NotFound, PhotobotError, Unavailable
 from photobot.metrics import Metrics
 from photobot.storage import Storage
@@ -71,6 +71,8 @@ class CctvConfig:
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     nvr_timeout: float = 15.0
+    #: How long a finished clip waits for the database to record it (giving up redoes the cut).
+    result_patience: float = 120.0
 
 
 class CctvPoller:
@@ -256,15 +258,29 @@ class CctvPoller:
             ):
                 await self.storage.put_file(key, path, content_type)
                 uploaded.append(key)
-            await self.store.complete(
-                request.id, self.config.worker_id, storage_key=f"{stem}.mp4",
-                poster_key=f"{stem}.jpg", duration=result.duration_seconds,
-                size=result.size_bytes,
-            )  # fmt: skip
+            await self._record(request.id, stem, result)
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self._discard(request.id, uploaded)
             raise
+
+    async def _record(self, request_id: int, stem: str, result: ClipResult) -> None:
+        """Record the uploaded clip, waiting out a database hiccup."""
+        try:
+            await save_patiently(
+                lambda: self.store.complete(
+                    request_id, self.config.worker_id, storage_key=f"{stem}.mp4",
+                    poster_key=f"{stem}.jpg", duration=result.duration_seconds,
+                    size=result.size_bytes,
+                ),
+                patience=self.config.result_patience, log=log,
+                extra={"clip_request_id": request_id},
+            )  # fmt: skip
+        except Conflict:
+            # An earlier try may have committed without our hearing: then the clip is ours.
+            clip = await self.store.clip_of(request_id)
+            if clip is None or clip.storage_key != f"{stem}.mp4":
+                raise
 
     async def _discard(self, request_id: int, keys: list[str]) -> None:
         """Remove the objects of a clip that did not get recorded (a retry uploads anew).

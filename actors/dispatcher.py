@@ -18,6 +18,7 @@ import trio
 
 from photobot import jobs
 from photobot.db import Database
+from photobot.errors import Unavailable
 from photobot.supervisor import ChildContext
 
 log = logging.getLogger("photobot.dispatcher")
@@ -67,12 +68,27 @@ class Dispatcher:
             nursery.cancel_scope.cancel()
 
     async def _sweep(self, work: trio.MemorySendChannel[str]) -> None:
+        # A database outage is waited out here, not raised: a crash per failed round would
+        # use up the supervisor's restart intensity within a minute and stop the booth.
+        failing = False
         while True:
-            for job_id in await jobs.queued_ids(self.db, self.sweep_batch):
-                try:
-                    work.send_nowait(job_id)
-                except trio.WouldBlock:
-                    break  # the pool is saturated; it will ask again next round
+            try:
+                queued = await jobs.queued_ids(self.db, self.sweep_batch)
+            except Unavailable as exc:
+                if not failing:
+                    log.warning(
+                        "job sweep paused: database unavailable", extra={"error": exc.message}
+                    )
+                failing = True
+            else:
+                if failing:
+                    log.info("job sweep resumed")
+                failing = False
+                for job_id in queued:
+                    try:
+                        work.send_nowait(job_id)
+                    except trio.WouldBlock:
+                        break  # the pool is saturated; it will ask again next round
             await trio.sleep(self.sweep_interval)
 
 

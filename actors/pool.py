@@ -35,7 +35,7 @@ import trio
 from photobot import jobs
 from photobot.breaker import CircuitBreaker
 from photobot.bus import Bus, JobEvent
-from photobot.concurrency import open_nursery
+from photobot.concurrency import open_nursery, save_patiently
 from photobot.db import Database
 from photobot.errors import PhotobotError, Unavailable
 from photobot.events import Event, resolve_event
@@ -80,6 +80,8 @@ class PoolConfig:
     max_pending: int = 256
     flush_interval: float = 0.5
     signed_input_ttl: int = 3600
+    #: How long a styled result waits for the database to record it (giving up reruns the
+    #: styling, and a paid provider is paid again).
     result_patience: float = 120.0
 
 
@@ -355,26 +357,9 @@ class WorkerPool:
         return output
 
     async def _save_result(self, job_id: str, write: Callable[[], Awaitable[T]]) -> T:
-        """Write what a provider already made, waiting out a database hiccup for up to
-        ``result_patience`` seconds: giving up would rerun the styling (and pay for it again).
-
-        Each write is shielded, so a cancel never leaves half of it; the waits between tries
-        are not, so a shutdown is not held up (the job is requeued when the booth restarts).
-        """
-        delay = 0.1
-        deadline = trio.current_time() + self.config.result_patience
-        while True:
-            try:
-                with trio.CancelScope(shield=True):
-                    return await write()
-            except Unavailable as exc:
-                if trio.current_time() + delay > deadline:
-                    raise
-                log.warning(
-                    "result not saved yet, retrying", extra={"jobId": job_id, "error": exc.message}
-                )
-            await trio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        return await save_patiently(
+            write, patience=self.config.result_patience, log=log, extra={"jobId": job_id}
+        )
 
     def _check_cancel(self, run: _Running) -> None:
         if run.cancel_seen:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import trio
+
+from photobot.errors import Unavailable
+
+T = TypeVar("T")
 
 
 def sole(group: BaseExceptionGroup) -> BaseException:
@@ -29,3 +35,34 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
             yield nursery
     except BaseExceptionGroup as group:
         raise sole(group) from None
+
+
+async def save_patiently(
+    write: Callable[[], Awaitable[T]],
+    *,
+    patience: float,
+    log: logging.Logger,
+    extra: dict[str, Any],
+    first_delay: float = 0.1,
+    max_delay: float = 5.0,
+) -> T:
+    """Run ``write`` (recording work already done: a styled photo, a cut clip) until it
+    stops raising :class:`Unavailable`, for up to ``patience`` seconds, then let the last
+    error out. Giving up at the first database hiccup would redo that work.
+
+    Each try is shielded, so a cancel never leaves a write half done; the waits between tries
+    are not, so a shutdown is not held up by an outage (the work is picked up again on restart).
+    ``write`` must be safe to repeat: its first try may have committed without our hearing.
+    """
+    delay = first_delay
+    deadline = trio.current_time() + patience
+    while True:
+        try:
+            with trio.CancelScope(shield=True):
+                return await write()
+        except Unavailable as exc:
+            if trio.current_time() + delay > deadline:
+                raise
+            log.warning("result not saved yet, retrying", extra={**extra, "error": exc.message})
+        await trio.sleep(delay)
+        delay = min(delay * 2, max_delay)

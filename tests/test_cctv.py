@@ -17,6 +17,7 @@ from actors.cctv import CctvPoller
 from photobot.cctv.store import ClipRequest
 from photobot.supervisor import ChildContext
 from tests.live_booth import Live, open_live
+from tests.standins.cable import open_cable
 from tests.standins.nvr import NvrStandin, open_nvr_standin
 
 NVR_USER, NVR_PASSWORD = "admin", "Nvr-Pa55word"
@@ -288,3 +289,43 @@ async def test_a_request_taken_back_mid_run_keeps_no_clip_and_no_upload(rig: Rig
     got = await rig.run_one(request)
     assert got["status"] == "CLIP_GENERATED", got
     assert len([p for p in root.rglob("*.mp4")]) == 1
+
+
+async def test_a_database_outage_mid_clip_ends_in_one_clip(
+    database_url: str, redis_url: Any, tmp_path: Path
+) -> None:
+    # The booth reaches PostgreSQL through a cable pulled while a clip is being downloaded and
+    # plugged back seconds later: the request still ends with one clip, and one set of files.
+    async with (
+        open_cable(database_url) as cable,
+        open_nvr_standin(NVR_USER, NVR_PASSWORD, cache_dir=tmp_path / "recordings") as nvr,
+        open_live(
+            cable.via(database_url), redis_url, tmp_path / "data",
+            batch_interval_seconds=1, auto_batch_enabled=True, temp_video_dir=tmp_path / "cctv",
+            clip_flush_delay_seconds=0, clip_padding_seconds=0.5,
+        ) as live,
+    ):  # fmt: skip
+        live.services.cctv.config = replace(
+            live.services.cctv.config, backoff_base=0.05, backoff_max=0.2, nvr_timeout=5
+        )
+        rig = Rig(live, nvr, tmp_path / "cctv")
+        recs = nvr.add_recordings(101, DAY, 2, SEGMENT, label="outage")
+        camera = await rig.camera()
+        nvr.stall_downloads_after(65536)
+        request = await rig.request(camera, recs[0].start + timedelta(seconds=2), 30)
+        with trio.fail_after(20):
+            await nvr.download_stalled.wait()
+        cable.cut()
+        nvr.release_stall()
+        await trio.sleep(4)
+        cable.mend()
+        with trio.fail_after(60):
+            while True:
+                if (await live.services.clips.request(request.id)).status == "CLIP_GENERATED":
+                    break
+                await trio.sleep(0.2)
+        clip = await live.services.clips.clip_of(request.id)
+        assert clip is not None and abs(clip.duration_seconds - 30) <= 1
+        root = live.services.storage.root  # type: ignore[attr-defined]
+        assert [p.name for p in root.rglob("*.mp4")] == [clip.storage_key.rsplit("/", 1)[-1]]
+        assert rig.leftovers() == []
