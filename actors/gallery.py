@@ -12,6 +12,10 @@ guests' websockets, and the relay that makes several boxes one gallery.
   messages (same ``origin``) are skipped, so nothing reaches a guest twice. Redis down never
   stops local delivery: publishing is behind a bounded outbox (dropped when full), and the
   subscriber is restarted with back-off.
+- Gaps: what was relayed while this box's Redis was away is lost, both ways. When its
+  subscription comes back after a loss, it tells its own guests ``gallery:resync`` and relays
+  the same to every other box's guests (slug ``*``); a page answers by asking ``since`` once,
+  so missed photos are announced like any other (and, being deduplicated, never twice).
 
 The websocket listener itself (``GALLERY_WS_PORT``) belongs to the composition root, like
 Hypercorn: guests stay connected across a restart of this actor. On ``ctx.stopping`` the actor
@@ -42,6 +46,10 @@ log = logging.getLogger("photobot.gallery")
 
 #: Redis channel (before ``cache.key()``) the boxes of one deployment relay through.
 RELAY_CHANNEL = "gallery"
+#: Told to guests after a relay gap: "ask ``since``, you may have missed photos".
+RESYNC = "gallery:resync"
+#: The relay's slug for "every room".
+ALL_ROOMS = "*"
 #: Messages waiting to be published to Redis; more are dropped (guests poll ``since``).
 OUTBOX_CAPACITY = 1024
 #: Messages from Redis waiting for delivery here.
@@ -76,6 +84,7 @@ class GalleryBroadcaster:
         self._thread_limiter = trio.CapacityLimiter(1)
         #: Set while the Redis subscription is live (tests wait on it).
         self.subscribed = trio.Event()
+        self._lost_subscription = False  # a gap to announce at the next subscription
         self.delivered = 0
         self.published = 0
         self.received = 0
@@ -104,8 +113,12 @@ class GalleryBroadcaster:
     # -- delivery -----------------------------------------------------------------------------
 
     def deliver(self, slug: str, type_: str, data: dict[str, Any]) -> int:
-        """To this box's guests of ``event:{slug}``; returns how many (counted in bulk)."""
-        n = self.server.broadcast(slug, type_, data)
+        """To this box's guests of ``event:{slug}`` (of every room for ``*``); returns how many
+        (counted in bulk)."""
+        if slug == ALL_ROOMS:
+            n = sum(self.server.broadcast(room, type_, data) for room in self.server.room_slugs())
+        else:
+            n = self.server.broadcast(slug, type_, data)
         if n:
             self.delivered += n
             if self.metrics is not None:
@@ -185,10 +198,20 @@ class GalleryBroadcaster:
             finally:
                 if self.subscribed.is_set():
                     self.subscribed = trio.Event()
+                    self._lost_subscription = True
             if trio.current_time() - began > 60:
                 backoff = RELAY_BACKOFF_MIN
             await trio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, RELAY_BACKOFF_MAX)
+
+    def _resync(self) -> None:
+        """After a relay gap: this box's guests, and through the relay every other box's, are
+        told to ask ``since``."""
+        self.deliver(ALL_ROOMS, RESYNC, {})
+        try:
+            self._outbox_tx.send_nowait(GalleryMessage(ALL_ROOMS, RESYNC, {}))
+        except trio.WouldBlock:
+            self.relay_dropped += 1
 
     async def _subscribe(self, cache: Cache) -> None:
         """One subscription: a thread blocks on redis-py's pubsub and hands messages to Trio."""
@@ -209,6 +232,9 @@ class GalleryBroadcaster:
         def subscribed() -> None:
             log.info("gallery relay subscribed", extra={"channel": channel})
             self.subscribed.set()
+            if self._lost_subscription:
+                self._lost_subscription = False
+                self._resync()
 
         def listen() -> None:  # the subscriber thread
             try:

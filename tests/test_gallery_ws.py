@@ -321,7 +321,8 @@ async def test_the_relay_between_booths_survives_a_pulled_redis_cable(
     database_url: str, redis_url: Any, tmp_path: Path
 ) -> None:
     """Booth b reaches Redis through a cable that is pulled, then plugged back: its own guests
-    keep getting its photos meanwhile, and once it is back both ways work again by themselves."""
+    keep getting its photos meanwhile; once it is back, every guest is told to catch up on the
+    gap (``gallery:resync``) and both ways work again by themselves."""
     async with (
         open_cable(redis_url.url) as cable,
         open_booth(database_url, redis_url, tmp_path / "a") as a,
@@ -344,6 +345,9 @@ async def test_the_relay_between_booths_survives_a_pulled_redis_cable(
 
             cable.mend()
             await wait_for(lambda: b.gallery.subscribed.is_set(), timeout=20)
+            # The gap is announced to b's guests, and through the relay to a's: "ask since".
+            assert await get_json(on_b) == {"type": "gallery:resync"}
+            assert await get_json(on_a) == {"type": "gallery:resync"}
             await a.publish("party", photo_id="from-a")
             await b.publish("party", photo_id="from-b")
             for ws in (on_a, on_b):

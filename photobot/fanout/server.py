@@ -192,6 +192,10 @@ class FanoutServer:
         room = self._rooms.get(slug)
         return 0 if room is None else len(room[0]) + len(room[1])
 
+    def room_slugs(self) -> list[str]:
+        """The events that have guests connected now."""
+        return [slug for slug, (a, b) in self._rooms.items() if a or b]
+
     def broadcast(self, slug: str, type_: str, data: Mapping[str, Any]) -> int:
         """Send one message to every guest of room ``event:{slug}``; the number of guests it was
         sent or queued to. Synchronous: costs one encode per subprotocol and one ``send`` per

@@ -3,6 +3,7 @@ socket, and the photo view. Each test makes its own event, so galleries do not m
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -186,6 +187,51 @@ def test_polling_delivers_when_the_socket_is_killed(booth, phone, page_errors) -
     expect(toast).to_be_hidden()
     assert tile_ids(page).count(photo) == 1
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_a_relay_gap_resync_announces_what_the_socket_missed(booth, phone, page_errors) -> None:
+    """A booth whose Redis relay had a gap tells its guests ``gallery:resync``: the page asks
+    ``since`` and announces the photos it was never told about, once."""
+    slug = new_event(booth)
+    publish(booth, slug, 1)
+    page = page_errors(phone.new_page())
+    routes: list[WebSocketRoute] = []
+    dropped: list[str] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            if "photo:upload:complete" in str(message):
+                dropped.append(str(message))  # the gap: this announcement never arrives
+            else:
+                ws.send(message)
+
+        server.on_message(from_server)
+        routes.append(ws)
+
+    page.route_web_socket(re.compile(r"/ws/events/"), route)
+    open_gallery(page, slug)
+    expect(page.locator("#grid > li")).to_have_count(1)
+
+    [missed] = publish(booth, slug, 1)
+    for _ in range(200):
+        if any(missed in m for m in dropped):
+            break
+        page.wait_for_timeout(25)  # the route's handler runs while the page is being waited on
+    assert any(missed in m for m in dropped)
+    toast = page.get_by_role("button", name=re.compile("New images added"))
+    expect(toast).to_be_hidden()
+
+    routes[-1].send(json.dumps({"type": "gallery:resync"}))
+    expect(toast).to_be_visible()
+    toast.click()
+    expect(page.locator("#grid > li")).to_have_count(2)
+    expect(page.locator("#grid > li").first).to_have_attribute("data-photo-id", missed)
+    with page.expect_response(lambda r: "since=" in r.url):  # nothing new: nothing announced
+        routes[-1].send(json.dumps({"type": "gallery:resync"}))
+    expect(toast).to_be_hidden()
+    assert tile_ids(page).count(missed) == 1 and page.evaluate("window.__sameDocument") is True
 
 
 def test_photo_view_like_comment_download_share(booth, phone, page_errors, shot) -> None:

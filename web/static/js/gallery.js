@@ -235,6 +235,10 @@ function scheduleReconnect() {
 function onMessage(message) {
   let data;
   try { data = JSON.parse(message.data); } catch { return; }
+  if (data.type === "gallery:resync") {
+    checkMissed(); // the booth's relay had a gap: photos may have gone unannounced
+    return;
+  }
   const id = data.photo_id;
   if (!id) return;
   if (data.type === "photo:upload:complete") announce([id]);
