@@ -8,8 +8,6 @@ in a shared directory; batches that only need sizes share one video (``label=``)
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,10 +29,10 @@ from photobot.cctv.isapi import (
     parse_posix_offset,
     parse_xml,
 )
+from tests.standins import standin_process
 from tests.standins.nvr import NvrStandin, Recording, open_nvr_standin
 from tests.standins.recordings import make_recording
 
-REPO = Path(__file__).resolve().parents[1]
 USER = "admin"
 PASSWORD = "s3cret-Pa55"
 TRACK = 101
@@ -419,37 +417,21 @@ async def test_cancelled_download_leaves_no_file(nvr: NvrStandin, tmp_path: Path
 
 
 async def test_standin_runs_as_a_process_with_json_faults(recordings_dir: Path) -> None:
-    cmd = [
-        sys.executable, "-m", "tests.standins.nvr", "--port", "0", "--username", USER,
-        "--password", PASSWORD, "--time-mode", "local", "--utc-offset", "420",
+    args = [
+        "--username", USER, "--password", PASSWORD, "--time-mode", "local", "--utc-offset", "420",
         "--recordings", "3", "--segment-seconds", "10", "--recording-seconds", "1",
         "--cache-dir", str(recordings_dir),
     ]  # fmt: skip
-    async with trio.open_nursery() as nursery:
-        proc: trio.Process = await nursery.start(
-            functools.partial(trio.run_process, cmd, cwd=REPO, stdout=subprocess.PIPE, check=False)
-        )
-        try:
-            assert proc.stdout is not None
-            line = b""
-            with trio.fail_after(15):
-                while not line.endswith(b"\n"):
-                    line += await proc.stdout.receive_some(1)
-            text = line.decode().strip()
-            assert text.startswith("listening on http://127.0.0.1:")
-            url = text.removeprefix("listening on ")
-            now = datetime.now(UTC)
-            async with IsapiClient(url, USER, PASSWORD, timeout=10) as isapi:
-                segments = await isapi.search(TRACK, now - timedelta(minutes=5), now)
-                assert len(segments) == 3
-                async with httpx.AsyncClient() as http:
-                    r = await http.post(f"{url}/__standin__/fault", json={"status": 503})
-                    assert r.json() == {"ok": True}
-                    with pytest.raises(NvrUnavailable):
-                        await isapi.search(TRACK, now - timedelta(minutes=5), now)
-                    state = (await http.get(f"{url}/__standin__/state")).json()
-            assert state["searches"] == {"GET": 0, "POST": 2}
-            assert state["time"] == 1 and state["auth_failures"] == 0
-        finally:
-            proc.terminate()
-    assert proc.returncode is not None
+    async with standin_process("nvr", *args) as url:
+        now = datetime.now(UTC)
+        async with IsapiClient(url, USER, PASSWORD, timeout=10) as isapi:
+            segments = await isapi.search(TRACK, now - timedelta(minutes=5), now)
+            assert len(segments) == 3
+            async with httpx.AsyncClient() as http:
+                r = await http.post(f"{url}/__standin__/fault", json={"status": 503})
+                assert r.json() == {"ok": True}
+                with pytest.raises(NvrUnavailable):
+                    await isapi.search(TRACK, now - timedelta(minutes=5), now)
+                state = (await http.get(f"{url}/__standin__/state")).json()
+        assert state["searches"] == {"GET": 0, "POST": 2}
+        assert state["time"] == 1 and state["auth_failures"] == 0

@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ from photobot.providers.base import (
     TransientProviderError,
 )
 from photobot.providers.comfyui import DEFAULT_WORKFLOW, ComfyUIProvider, WorkflowTemplate
+from tests.standins import standin_process
 from tests.standins.comfyui import ComfyUIStandin, expected_tint, open_comfyui_standin
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = (32, 24)
 MakeProvider = Callable[..., ComfyUIProvider]
 
@@ -464,39 +462,16 @@ def test_bad_template_is_a_config_error(
 
 
 async def test_standin_runs_as_a_process() -> None:
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tests.standins.comfyui", "--port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-    )
-    provider: ComfyUIProvider | None = None
-    try:
-        assert proc.stdout is not None
-        line = b""
-        with trio.fail_after(15):
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                assert chunk, "the stand-in exited before listening"
-                line += chunk
-        prefix = "listening on "
-        assert line.decode().startswith(prefix)
-        url = line.decode()[len(prefix) :].strip()
-
+    async with standin_process("comfyui") as url:
         async with httpx.AsyncClient(base_url=url) as client:
             stats = (await client.get("/api/system_stats")).json()
             assert stats["devices"]
             response = await client.post("/__standin__/fault", json={"prompt_500": 1})
             assert response.json()["faults"]["prompt_500"] == 1
         provider = ComfyUIProvider(url, timeout=10.0, stall_timeout=2.0)
-        with pytest.raises(TransientProviderError):
-            await provider.process(_job("job-proc"), Recorder())
-        _assert_tinted(await provider.process(_job("job-proc"), Recorder()), (10, 200, 30))
-    finally:
-        if provider is not None:
+        try:
+            with pytest.raises(TransientProviderError):
+                await provider.process(_job("job-proc"), Recorder())
+            _assert_tinted(await provider.process(_job("job-proc"), Recorder()), (10, 200, 30))
+        finally:
             await provider.aclose()
-        proc.terminate()
-        with trio.move_on_after(5):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

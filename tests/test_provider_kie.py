@@ -7,15 +7,11 @@ error messages can be checked for leaked signatures. Poll intervals are 0.05 s.
 
 from __future__ import annotations
 
-import functools
 import io
 import secrets
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,9 +28,8 @@ from photobot.providers.base import (
     TransientProviderError,
 )
 from photobot.providers.kie import KieProvider, KieRateLimited
+from tests.standins import standin_process
 from tests.standins.kie import KieStandin, alter_image, open_kie_standin, serve_app
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_photo() -> bytes:
@@ -403,27 +398,11 @@ async def test_standin_runs_as_a_process_with_json_faults(
     input_server: InputServer, make_provider: Callable[..., KieProvider]
 ) -> None:
     key = "proc-" + secrets.token_hex(8)
-    cmd = [sys.executable, "-m", "tests.standins.kie", "--port", "0", "--api-key", key]
-    async with trio.open_nursery() as nursery:
-        proc: trio.Process = await nursery.start(
-            functools.partial(trio.run_process, cmd, cwd=REPO, stdout=subprocess.PIPE, check=False)
-        )
-        try:
-            assert proc.stdout is not None
-            line = b""
-            with trio.fail_after(15):
-                while not line.endswith(b"\n"):
-                    line += await proc.stdout.receive_some(1)
-            text = line.decode().strip()
-            assert text.startswith("listening on http://127.0.0.1:")
-            url = text.removeprefix("listening on ")
-            async with httpx.AsyncClient() as client:
-                r = await client.post(f"{url}/__standin__/fault", json={"credits": 0})
-                assert r.json() == {"ok": True}
-            provider = make_provider(key, url)
-            with pytest.raises(FatalProviderError) as info:
-                await run(provider, input_server.put("a.png", PHOTO))
-            assert info.value.code == "insufficient_credits"
-        finally:
-            proc.terminate()
-    assert proc.returncode is not None
+    async with standin_process("kie", "--api-key", key) as url:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"{url}/__standin__/fault", json={"credits": 0})
+            assert r.json() == {"ok": True}
+        provider = make_provider(key, url)
+        with pytest.raises(FatalProviderError) as info:
+            await run(provider, input_server.put("a.png", PHOTO))
+        assert info.value.code == "insufficient_credits"

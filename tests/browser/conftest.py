@@ -213,9 +213,9 @@ def page_errors() -> Iterator[Callable[..., Page]]:
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
         page.on(
             "console",
-            lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
-            if msg.type == "error"
-            else None,
+            lambda msg: (
+                errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None
+            ),
         )
         return page
 

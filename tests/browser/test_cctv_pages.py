@@ -196,7 +196,8 @@ def test_clip_request_trigger_goes_live_to_a_playable_preview(
                 trigger.click(timeout=5_000)
             except PlaywrightTimeoutError:
                 assert booth.api("GET", f"/clip-requests/{request_id}", auth=True)["status"] in (
-                    "PROCESSING", "CLIP_GENERATED"
+                    "PROCESSING",
+                    "CLIP_GENERATED",
                 )
         expect(chip).to_have_text("Clip ready", timeout=60_000)
         video = row.locator(".clip-preview video")
