@@ -289,6 +289,19 @@ async def test_bad_path_or_unknown_event_is_refused_with_404(booth: Booth) -> No
     assert booth.server.stats()["rejected"] == 5 and booth.server.connections == 0
 
 
+async def relayed_both_ways(
+    a: Booth, b: Booth, on_a: WebSocketConnection, on_b: WebSocketConnection
+) -> None:
+    """Each booth publishes a photo to "party"; each booth's guest gets both, and only once."""
+    await a.publish("party", photo_id="from-a")
+    await b.publish("party", photo_id="from-b")
+    for ws in (on_a, on_b):
+        got = sorted([(await get_json(ws))["photo_id"], (await get_json(ws))["photo_id"]])
+        assert got == ["from-a", "from-b"]
+    for ws in (on_a, on_b):
+        await nothing_more(ws, 0.5)
+
+
 async def test_two_booths_one_gallery_each_message_once(
     database_url: str, redis_url: Any, tmp_path: Path
 ) -> None:
@@ -306,13 +319,7 @@ async def test_two_booths_one_gallery_each_message_once(
         ):
             await a.wait_guests("party", 1)
             await b.wait_guests("party", 1)
-            await a.publish("party", photo_id="from-a")
-            await b.publish("party", photo_id="from-b")
-            for ws in (on_a, on_b):
-                got = sorted([(await get_json(ws))["photo_id"], (await get_json(ws))["photo_id"]])
-                assert got == ["from-a", "from-b"]
-            for ws in (on_a, on_b):
-                await nothing_more(ws, 0.5)  # nothing twice
+            await relayed_both_ways(a, b, on_a, on_b)
         assert a.gallery.stats()["relay"]["received"] == 1
         assert b.gallery.stats()["relay"]["received"] == 1
 
@@ -348,13 +355,7 @@ async def test_the_relay_between_booths_survives_a_pulled_redis_cable(
             # The gap is announced to b's guests, and through the relay to a's: "ask since".
             assert await get_json(on_b) == {"type": "gallery:resync"}
             assert await get_json(on_a) == {"type": "gallery:resync"}
-            await a.publish("party", photo_id="from-a")
-            await b.publish("party", photo_id="from-b")
-            for ws in (on_a, on_b):
-                got = sorted([(await get_json(ws))["photo_id"], (await get_json(ws))["photo_id"]])
-                assert got == ["from-a", "from-b"]
-            await nothing_more(on_a, 0.3)  # b-offline never reached a, and nothing came twice
-            await nothing_more(on_b, 0.3)
+            await relayed_both_ways(a, b, on_a, on_b)  # and b-offline never reached a
         assert cable.connections >= 2  # b really reconnected through the mended cable
 
 
