@@ -143,6 +143,44 @@ def test_offline_capture_is_kept_and_resumed_once(booth, desktop, page_errors, s
     assert job_count_for_key(booth, key) == 1
 
 
+def test_upload_progress_moves_on_a_slow_link(booth, desktop, page_errors) -> None:
+    """On a slow venue link the operator sees the upload move, and cannot send twice."""
+    logged_in(desktop, booth.token)
+    page = open_console(desktop, page_errors)
+    guest = booth.guest("Citra Slow", "0812 5555 6666")
+    find_guest(page, guest, "Citra Slow")
+    # A file, not a webcam frame: big enough that a throttled upload takes a few seconds.
+    big = photo(77, (1600, 1200))
+    assert len(big) > 400_000
+    page.locator("#photo-file").set_input_files(
+        {"name": "big.jpg", "mimeType": "image/jpeg", "buffer": big}
+    )
+    expect(page.locator("#photo-preview")).to_be_visible()
+    cdp = desktop.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 200_000,
+    })  # fmt: skip
+    send = page.get_by_role("button", name="Send photo")
+    send.click()
+    page.wait_for_function(
+        "() => { const b = document.getElementById('upload-bar');"
+        " return !b.closest('[hidden]') && b.value > 0 && b.value < 100; }"
+    )
+    expect(send).to_be_disabled()
+    mid = page.evaluate("() => document.getElementById('upload-bar').value")
+    page.wait_for_function(
+        f"() => document.getElementById('upload-bar').value > {mid}"
+        " || !!document.getElementById('upload-progress').hidden"
+    )
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
+    })  # fmt: skip
+    expect(page.locator("#upload-progress")).to_be_hidden(timeout=30_000)
+    expect(page.locator("#sent-list li").first).to_contain_text("Citra Slow")
+    assert len(booth.jobs_of(guest["sessionId"])) == 1
+
+
 def test_lost_response_then_resume_makes_exactly_one_job(booth, desktop, page_errors) -> None:
     logged_in(desktop, booth.token)
     page = open_console(desktop, page_errors, allow=OFFLINE_ERRORS)
