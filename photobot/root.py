@@ -58,6 +58,9 @@ from photobot.supervisor import ChildSpec, Restart, Supervisor, SupervisorEvent
 
 log = logging.getLogger("photobot")
 
+#: How often the embedded servers are checked; one that died is started again on its port.
+EMBEDDED_CHECK_SECONDS = 1.0
+
 #: Name of the database Photobot creates on its embedded PostgreSQL.
 EMBEDDED_DATABASE = "photobot"
 
@@ -96,7 +99,9 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
     backends: dict[str, str] = {}
     async with AsyncExitStack() as stack:
         if settings.database_url is None:
-            pg = await stack.enter_async_context(open_embedded_postgres(data_dir / "postgres"))
+            pg = await stack.enter_async_context(
+                open_embedded_postgres(data_dir / "postgres", keep_alive=EMBEDDED_CHECK_SECONDS)
+            )
             dsn = await ensure_database(pg.url, EMBEDDED_DATABASE)
             backends["database"] = f"embedded postgresql on 127.0.0.1:{pg.port}"
         else:
@@ -111,7 +116,9 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         await migrate(db)
 
         if settings.redis_url is None:
-            rd = await stack.enter_async_context(open_embedded_redis(data_dir / "redis"))
+            rd = await stack.enter_async_context(
+                open_embedded_redis(data_dir / "redis", keep_alive=EMBEDDED_CHECK_SECONDS)
+            )
             redis_url = rd.url
             backends["redis"] = f"embedded redis on 127.0.0.1:{rd.port}"
         else:

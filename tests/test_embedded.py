@@ -192,13 +192,15 @@ def test_postgres_refuses_data_dir_owned_by_a_live_process(
 def test_port_collision_is_retried_on_another_port(
     kind: str, pg_template: Path, server_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = sys.modules[f"photobot.embedded.{kind}"]
+    real_free_port = _process.free_port
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        monkeypatch.setattr(module, "free_port", lambda host: next(ports, _process.free_port()))
+        monkeypatch.setattr(
+            _process, "free_port", lambda host="127.0.0.1": next(ports, real_free_port(host))
+        )
         if kind == "postgres":
             server: Any = EmbeddedPostgres(
                 copy_cluster(pg_template, server_tmp_path), durable=False

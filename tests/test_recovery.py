@@ -30,7 +30,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.booth_process import Booth, alive, clean_env, processes_mentioning
+from tests.booth_process import Booth, alive, clean_env, proc_ppid, processes_mentioning
 
 pytestmark = pytest.mark.slow
 
@@ -426,3 +426,53 @@ def test_sigterm_is_not_held_up_by_an_idle_keep_alive_client(data_dir: Path) -> 
         assert took < grace - 1  # idle, it stops in well under a second without that client
     finally:
         booth.kill()
+
+
+def _server_pid(booth: Booth, server: str) -> int:
+    """The embedded server's main process: the booth's direct child of that name."""
+    assert booth.proc is not None
+    names = ("postgres",) if server == "postgres" else ("redis", "valkey")
+    [pid] = [
+        pid for pid in booth.children()
+        if proc_ppid(pid) == booth.proc.pid
+        and Path(f"/proc/{pid}/comm").read_text().strip().startswith(names)
+    ]  # fmt: skip
+    return pid
+
+
+@pytest.mark.parametrize("server", ["postgres", "redis"])
+def test_an_embedded_server_killed_mid_evening_comes_back_by_itself(
+    data_dir: Path, server: str
+) -> None:
+    """The OOM killer (say) takes the embedded PostgreSQL or Redis: the booth starts it again
+    on the same port, and the evening goes on without anyone restarting Photobot."""
+    booth = Booth(data_dir, ["--demo"], booth_env())
+    try:
+        booth.start()
+        booth.wait_healthy()
+        assert booth.url is not None
+        with Operator(booth.url) as op:
+            session = op.guest("demo")
+            victim = _server_pid(booth, server)
+            os.kill(victim, signal.SIGKILL)
+            wait_for("the server to die", lambda: not alive(victim) or None, timeout=10)
+            revived = wait_for(
+                "the server to be started again",
+                lambda: pid if (pid := _maybe_pid(booth, server)) not in (None, victim) else None,
+                timeout=30,
+            )
+            assert alive(revived)
+            booth.wait_healthy(timeout=60)
+            job = op.submit(session, jpeg(7))
+            done = op.wait_final([job["id"]], timeout=30)[job["id"]]
+            assert done["status"] == "succeeded", done
+        stop_cleanly(booth, within=10)
+    finally:
+        booth.kill()
+
+
+def _maybe_pid(booth: Booth, server: str) -> int | None:
+    try:
+        return _server_pid(booth, server)
+    except ValueError:
+        return None

@@ -42,6 +42,7 @@ from typing import IO, Any, ClassVar, Self, TypeVar
 
 import trio
 
+from photobot.concurrency import open_nursery
 from photobot.errors import ConfigError, Unavailable
 
 log = logging.getLogger("photobot.embedded")
@@ -518,9 +519,30 @@ class ChildServer:
         self.stop_timeout = stop_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
+        #: Set by :meth:`revive`: the port clients already have in their URLs.
+        self._keep_port: int | None = None
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def _candidate_port(self) -> int:
+        """The port for the next start attempt: the old one on a revive, else any free one."""
+        return self._keep_port if self._keep_port is not None else free_port()
+
+    def revive(self) -> bool:
+        """Start again, on the same port, a server that died on its own (crash, OOM killer);
+        ``False`` if it is running. Clients keep their URLs and reconnect by themselves."""
+        if self.running or self._proc is None:
+            return False
+        rc, port = self._proc.poll(), self._port
+        log.error("embedded %s on port %s died (rc %s); starting it again", self.name, port, rc)
+        self._proc = None
+        self._keep_port = port
+        try:
+            self.start()
+        finally:
+            self._keep_port = None
+        return True
 
     @property
     def running(self) -> bool:
@@ -569,15 +591,43 @@ ServerT = TypeVar("ServerT", bound=ChildServer)
 
 
 @asynccontextmanager
-async def running_in_thread(server: ServerT) -> AsyncIterator[ServerT]:
-    """Trio context manager: start in a worker thread, yield, stop (shielded) on exit.
+async def running_in_thread(
+    server: ServerT, *, keep_alive: float | None = None
+) -> AsyncIterator[ServerT]:
+    r"""Trio context manager: start in a worker thread, yield, stop (shielded) on exit.
+
+    With ``keep_alive`` (seconds), a watcher checks that often that the server still runs and
+    :meth:`ChildServer.revive`\ s it if not (failed revives are retried with back-off); it is
+    cancelled before the server is stopped, so it never revives a server being shut down.
 
     Starting from a short-lived worker thread is safe: servers are forked on a long-lived
     spawner thread, so the death signal is tied to the process, not to the worker.
     """
     await trio.to_thread.run_sync(server.start)
     try:
-        yield server
+        if keep_alive is None:
+            yield server
+        else:
+            async with open_nursery() as nursery:  # the body's errors leave unwrapped
+                nursery.start_soon(_keep_alive, server, keep_alive)
+                try:
+                    yield server
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.stop)
+
+
+async def _keep_alive(server: ChildServer, every: float) -> None:
+    delay = every
+    while True:
+        await trio.sleep(delay)
+        try:
+            if await trio.to_thread.run_sync(server.revive):
+                log.warning("embedded %s is back on port %s", server.name, server.port)
+            delay = every
+        except (EmbeddedServerError, OSError) as exc:
+            # e.g. the dead postmaster's backends still hold its shared memory: try again soon.
+            log.error("embedded %s could not be started again: %s", server.name, exc)
+            delay = min(max(delay * 2, 1.0), 30.0)

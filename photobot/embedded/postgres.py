@@ -41,7 +41,6 @@ from ._process import (
     EmbeddedServerError,
     chown_tree,
     ensure_executable,
-    free_port,
     fsync_dir,
     log_tail,
     open_log,
@@ -173,7 +172,7 @@ class EmbeddedPostgres(ChildServer):
                 stale.unlink(missing_ok=True)
             deadline = time.monotonic() + self.start_timeout
             for _attempt in range(_PORT_ATTEMPTS):
-                port = free_port(HOST)
+                port = self._candidate_port()
                 proc = spawn_server(
                     self._server_argv(postgres, port),
                     account=account,
@@ -293,7 +292,9 @@ class EmbeddedPostgres(ChildServer):
 
 
 @asynccontextmanager
-async def open_embedded_postgres(data_dir: Path, **kw: Any) -> AsyncIterator[EmbeddedPostgres]:
+async def open_embedded_postgres(
+    data_dir: Path, *, keep_alive: float | None = None, **kw: Any
+) -> AsyncIterator[EmbeddedPostgres]:
     """Trio context manager around :class:`EmbeddedPostgres` (see ``running_in_thread``)."""
-    async with running_in_thread(EmbeddedPostgres(data_dir, **kw)) as server:
+    async with running_in_thread(EmbeddedPostgres(data_dir, **kw), keep_alive=keep_alive) as server:
         yield server

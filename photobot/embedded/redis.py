@@ -39,7 +39,6 @@ from ._process import (
     EmbeddedServerError,
     chown_tree,
     ensure_executable,
-    free_port,
     log_tail,
     open_log,
     prepare_owned_dir,
@@ -175,7 +174,7 @@ class EmbeddedRedis(ChildServer):
         try:
             deadline = time.monotonic() + self.start_timeout
             for _attempt in range(_PORT_ATTEMPTS):
-                port = free_port(HOST)
+                port = self._candidate_port()
                 proc = spawn_server(
                     self._argv(binary, port),
                     account=account,
@@ -251,7 +250,9 @@ class EmbeddedRedis(ChildServer):
 
 
 @asynccontextmanager
-async def open_embedded_redis(data_dir: Path, **kw: Any) -> AsyncIterator[EmbeddedRedis]:
+async def open_embedded_redis(
+    data_dir: Path, *, keep_alive: float | None = None, **kw: Any
+) -> AsyncIterator[EmbeddedRedis]:
     """Trio context manager around :class:`EmbeddedRedis` (see ``running_in_thread``)."""
-    async with running_in_thread(EmbeddedRedis(data_dir, **kw)) as server:
+    async with running_in_thread(EmbeddedRedis(data_dir, **kw), keep_alive=keep_alive) as server:
         yield server
