@@ -388,3 +388,23 @@ def test_redis_url_prefix_isolation_a(redis_url: Any, backend: str) -> None:
 
 def test_redis_url_prefix_isolation_b(redis_url: Any, backend: str) -> None:
     _check_prefix_isolation(redis_url, backend)
+
+
+def test_a_dead_server_is_revived_on_its_port_even_after_a_failed_try(
+    server_tmp_path: Path,
+) -> None:
+    with EmbeddedRedis(server_tmp_path, durable=False) as server:
+        port, first = server.port, server.pid
+        assert server.revive() is False  # running: nothing to do
+        os.kill(first, signal.SIGKILL)
+        server._proc.wait(5)  # type: ignore[union-attr]
+        with socket.socket() as squatter:  # someone took the port meanwhile: this try fails
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(EmbeddedServerError):
+                server.revive()
+            assert not server.running
+        assert server.revive() is True  # the next try, once the port is free again
+        assert server.port == port and server.pid != first and port_is_listening(port)
+    assert server.revive() is False  # stopped on purpose: never revived

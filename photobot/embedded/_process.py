@@ -532,10 +532,12 @@ class ChildServer:
     def revive(self) -> bool:
         """Start again, on the same port, a server that died on its own (crash, OOM killer);
         ``False`` if it is running. Clients keep their URLs and reconnect by themselves."""
-        if self.running or self._proc is None:
+        if self.running or self._port is None:  # running, or stopped on purpose
             return False
-        rc, port = self._proc.poll(), self._port
-        log.error("embedded %s on port %s died (rc %s); starting it again", self.name, port, rc)
+        rc = self._proc.poll() if self._proc is not None else None  # None: an earlier revive failed
+        port = self._port
+        log.error("embedded %s on port %s is not running (rc %s); starting it again",
+                  self.name, port, rc)  # fmt: skip
         self._proc = None
         self._keep_port = port
         try:
@@ -564,6 +566,7 @@ class ChildServer:
         """Graceful shutdown and wait. Idempotent; also reaps a server that died on its own."""
         proc, port = self._proc, self._port
         if proc is None:
+            self._port = None  # e.g. a revive that failed: nothing to stop, nothing to revive
             return
         t0 = time.monotonic()
         rc = stop_child(
