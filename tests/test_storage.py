@@ -47,6 +47,7 @@ from photobot.storage import (
 from photobot.storage.local import STAGING_DIR
 from photobot.storage.s3 import classify
 from tests.s3server import S3Server, free_ports, start_weed
+from tests.standins.cable import open_cable
 
 BUCKET = "photobot-test"
 SIGNING_KEY = b"k" * 32
@@ -759,3 +760,45 @@ def test_classify() -> None:
             raise RuntimeError("wrapped like boto3's S3UploadFailedError") from None
     except RuntimeError as wrapped:
         assert classify(wrapped)[0] == "transient"  # found through __context__
+
+
+# -- S3 over a link that drops ------------------------------------------------------------------
+
+
+async def test_s3_link_pulled_fails_cleanly_then_works_again(
+    s3_server: S3Server, prefix: str, tmp_path: Path
+) -> None:
+    """A real dropped link to the S3 server (tests/standins/cable.py): calls fail with
+    StorageError after their retries, no hang, no half-written object; then work again."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(24 * 2**20))  # multipart
+    async with open_cable(s3_server.endpoint_url) as cable:
+        s3 = make_s3(s3_server, endpoint_url=cable.via(s3_server.endpoint_url))
+        try:
+            await s3.put(f"{prefix}/before", b"x", "text/plain")
+            cable.cut()
+            with trio.fail_after(60), pytest.raises(StorageError):
+                await s3.put(f"{prefix}/during", b"y", "text/plain")
+            cable.mend()
+
+            # Cut mid-transfer: the upload fails as a whole, nothing appears under its key.
+            async def cut_when_flowing() -> None:
+                start = cable.connections
+                while cable.connections == start:  # noqa: ASYNC110 (a counter, no event)
+                    await trio.sleep(0.005)
+                await trio.sleep(0.05)
+                cable.cut()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cut_when_flowing)
+                with trio.fail_after(120), pytest.raises(StorageError):
+                    await s3.put_file(f"{prefix}/big", big, "application/octet-stream")
+            cable.mend()
+            assert not await s3.exists(f"{prefix}/big")
+
+            await s3.put(f"{prefix}/during", b"y", "text/plain")
+            assert await s3.get(f"{prefix}/during") == b"y"
+            await s3.put_file(f"{prefix}/big", big, "application/octet-stream")
+            assert await s3.size(f"{prefix}/big") == big.stat().st_size
+        finally:
+            await s3.aclose()
