@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # -- backing services (unset → embedded) -------------------------------------------------
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
     database_pool_size: int = Field(10, ge=1, le=200, validation_alias="DATABASE_POOL_SIZE")
+    #: One statement's limit: on a link that silently drops packets, the longest a guest waits
+    #: for "try again" (503) instead of an answer.
+    database_statement_timeout_seconds: float = Field(
+        15, gt=0, le=600, validation_alias="DATABASE_STATEMENT_TIMEOUT_SECONDS"
+    )
     redis_url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
     redis_prefix: str = Field("", validation_alias="REDIS_PREFIX")
 

@@ -110,7 +110,10 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
         db = await stack.enter_async_context(
             # All connections up front: opening one mid-burst costs ~0.3 s on a busy box.
             Database.open(
-                dsn, min_size=settings.database_pool_size, max_size=settings.database_pool_size
+                dsn,
+                min_size=settings.database_pool_size,
+                max_size=settings.database_pool_size,
+                statement_timeout=settings.database_statement_timeout_seconds,
             )
         )
         await migrate(db)

@@ -23,7 +23,7 @@ OUTAGE = 8.0
 
 @asynccontextmanager
 async def booth_behind_cables(
-    database_url: str, redis_url: Any, tmp_path: Path
+    database_url: str, redis_url: Any, tmp_path: Path, **settings: Any
 ) -> AsyncIterator[tuple[Live, Cable, Cable]]:
     async with (
         open_cable(database_url) as db_cable,
@@ -32,6 +32,7 @@ async def booth_behind_cables(
             db_cable.via(database_url), replace(redis_url, url=redis_cable.via(redis_url.url)),
             tmp_path / "data", hotfolder_path=tmp_path / "hot", booth_id="booth-1",
             batch_interval_seconds=1, auto_batch_enabled=True, temp_video_dir=tmp_path / "cctv",
+            **settings,
         ) as live,
     ):  # fmt: skip
         yield live, db_cable, redis_cable
@@ -82,3 +83,35 @@ async def test_an_outage_crashes_no_actor(
         r = await live.submit(session)
         assert r.status_code == 201, r.text
         assert (await live.wait_final(r.json()["id"]))["status"] == "succeeded"
+
+
+async def test_a_database_link_that_drops_packets_gets_answers_not_hangs(
+    database_url: str, redis_url: Any, tmp_path: Path
+) -> None:
+    """Worse than a pulled cable: the route is lost and nothing is reset, so only timeouts can
+    tell. /health still answers within its check's 2 s, and guests and operators get a 503 in
+    our error shape within the statement timeout instead of a spinner; it all works again the
+    moment the link does."""
+    async with booth_behind_cables(
+        database_url, redis_url, tmp_path, database_statement_timeout_seconds=3
+    ) as (live, db, _cache):
+        event = await live.event()
+        session = await live.guest(event["id"])
+        await until_ok(live)
+        db.blackhole()
+        with trio.fail_after(8):  # a hang guard, not a measurement
+            status, body = await health(live)
+        assert status == 503 and body["checks"]["database"]["status"] == "down"
+        with trio.fail_after(15):
+            refused = await live.submit(session, key="blackholed-1")
+            registered = await live.http.post(
+                "/sessions", json={"eventId": event["id"], "name": "Dewi", "whatsapp": "0812345678"}
+            )
+        for r in (refused, registered):
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "database_unavailable"
+        db.mend()
+        await until_ok(live)
+        resent = await live.submit(session, key="blackholed-1")
+        assert resent.status_code == 201, resent.text
+        assert (await live.wait_final(resent.json()["id"]))["status"] == "succeeded"

@@ -12,12 +12,14 @@ Errors: asyncpg and OS errors never leave this module; they become :mod:`photobo
 (``Conflict`` for unique violations, ``InvalidInput`` for bad values, ``NotFound`` for a dangling
 reference, ``DatabaseError`` for everything that is not the caller's fault).
 
-Cancellation: a Trio cancel cancels the asyncio side of the call; a transaction interrupted that
-way is rolled back (shielded) and its connection returned to the pool.
+Cancellation: a Trio cancel cancels the asyncio side of the call and returns at once, without
+waiting for asyncpg's cleanup (see :func:`_detachable`); a transaction interrupted that way is
+rolled back (shielded) and its connection returned to the pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -74,9 +76,31 @@ def translate(exc: BaseException) -> PhotobotError:
 
 async def _cross(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     try:
-        return await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+        return await trio_asyncio.aio_as_trio(_detachable)(fn, *args, **kwargs)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise translate(exc) from exc
+
+
+async def _detachable(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn`` as its own asyncio task; a cancel from Trio cancels it and returns at once.
+
+    Without this a Trio deadline waited for asyncpg's cleanup of the cancelled call, which on a
+    link that silently drops packets lasts ``command_timeout`` (a 2 s health check took 62 s).
+    The task finishes its cancellation (the query is cancelled, its connection reset or
+    discarded) in the background.
+    """
+    task = asyncio.ensure_future(fn(*args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a late error of a call nobody waits for is not news
 
 
 class _Queries:
@@ -114,14 +138,21 @@ class Transaction(_Queries):
 class Database(_Queries):
     """A pool of asyncpg connections, used from Trio. Open with :meth:`open`."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, statement_timeout: float = 60.0) -> None:
         self._pool = pool
         self._dsn = dsn
+        self._timeout = statement_timeout
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = 60.0,
     ) -> AsyncIterator[Database]:
         """Open the bridge and a pool; close both on exit (in-flight calls are cancelled first).
 
@@ -137,13 +168,13 @@ class Database(_Queries):
                     min_size=min_size,
                     max_size=max_size,
                     timeout=connect_timeout,
-                    command_timeout=60,
+                    command_timeout=statement_timeout,
                     # A broken connection is replaced on the next acquire, so the pool outlives
                     # a brief database restart instead of poisoning every later query.
                     max_inactive_connection_lifetime=300,
                 )
                 try:
-                    yield cls(pool, dsn)
+                    yield cls(pool, dsn, statement_timeout)
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(5) as cs:
                         try:
@@ -156,7 +187,26 @@ class Database(_Queries):
             raise sole(group) from None
 
     async def _conn_call(self, method: str, query: str, *args: Any) -> Any:
-        return await _cross(getattr(self._pool, method), query, *args)
+        # Not the pool's own fetch(): it acquires without a timeout, and its release then
+        # resets the connection without one, which on a link that drops packets never ends.
+        # Here waiting for a connection and the statement are bounded, and a connection whose
+        # statement timed out or was cancelled is dropped at once rather than reset (asyncpg
+        # would first wait for the server to confirm the cancel, over that same bad link).
+        async def on_asyncio() -> Any:
+            conn = await self._pool.acquire(timeout=self._timeout)
+            try:
+                result = await getattr(conn, method)(query, *args)
+            except (TimeoutError, asyncio.CancelledError, OSError, asyncpg.InterfaceError):
+                conn.terminate()
+                await self._pool.release(conn)  # closed: returns its slot without waiting
+                raise
+            except BaseException:
+                await self._pool.release(conn)
+                raise
+            await self._pool.release(conn)
+            return result
+
+        return await _cross(on_asyncio)
 
     async def run(
         self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True
@@ -167,7 +217,7 @@ class Database(_Queries):
         """
 
         async def on_asyncio() -> T:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
                 if not transaction:
                     return await fn(conn)
                 async with conn.transaction():
@@ -178,7 +228,7 @@ class Database(_Queries):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A transaction spanning several Trio-side statements (one crossing each)."""
-        conn = await _cross(self._pool.acquire)
+        conn = await _cross(self._pool.acquire, timeout=self._timeout)
         try:
             tr = conn.transaction()
             await _cross(tr.start)

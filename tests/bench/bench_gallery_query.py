@@ -241,8 +241,9 @@ async def bench(args: argparse.Namespace, servers: Path, work: Path) -> None:
     ):
         dsn = await ensure_database(pg.url, "photobot")
         settings = load_settings(
-            database_url=dsn, redis_url=rd.url, operator_password="bench-gallery-password"
-        )
+            database_url=dsn, redis_url=rd.url, operator_password="bench-gallery-password",
+            database_statement_timeout_seconds=600,  # seeding 100k photos is one statement
+        )  # fmt: skip
         async with open_services(settings, work / "data") as services, trio.open_nursery() as inner:
             t = time.perf_counter()
             event_id, slug = await make_data(services.db, args.photos)

@@ -5,6 +5,8 @@ byte, to ``host:port``. :meth:`Cable.cut` is the cable pulled: every relayed con
 reset at once and new ones are accepted and dropped, so clients see the real errors
 (``ConnectionResetError``, a closed connection) rather than anything our own code fakes.
 :meth:`Cable.mend` lets new connections through again; the server never noticed.
+:meth:`Cable.blackhole` is the nastier failure of a real network: nothing is reset, bytes just
+stop arriving (in both directions; held, not lost, as TCP would), so only timeouts can tell.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Cable:
         self.port = 0
         self.connections = 0  # relayed since opened; a test can see its client reconnect
         self._up = True
+        self._clear = trio.Event()  # unset while blackholed
+        self._clear.set()
         self._live: set[trio.CancelScope] = set()
 
     @property
@@ -47,11 +51,17 @@ class Cable:
 
     def mend(self) -> None:
         self._up = True
+        self._clear.set()
+
+    def blackhole(self) -> None:
+        if self._clear.is_set():
+            self._clear = trio.Event()
 
     async def _handle(self, client: trio.SocketStream) -> None:
         if not self._up:
             await _reset(client)
             return
+        await self._clear.wait()  # blackholed: accepted, and then nothing, as a lost route looks
         self.connections += 1
         try:
             server = await trio.open_tcp_stream(*self.target)
@@ -62,21 +72,23 @@ class Cable:
             self._live.add(scope)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_pump, client, server, nursery.cancel_scope)
-                    nursery.start_soon(_pump, server, client, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
             finally:
                 self._live.discard(scope)
         await _reset(client)
         await _reset(server)
 
-
-async def _pump(src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
-    try:
-        while data := await src.receive_some(65536):
-            await dst.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    done.cancel()  # one side gone: the relay is over for both
+    async def _pump(
+        self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await self._clear.wait()  # held, as TCP holds what it cannot deliver yet
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()  # one side gone: the relay is over for both
 
 
 async def _reset(stream: trio.SocketStream) -> None:
