@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from playwright.sync_api import expect
@@ -81,3 +82,27 @@ def test_home_leads_to_the_join_page(booth, phone, page_errors) -> None:
         items.filter(has_text="Demo event").get_by_role("link", name="Join").click()
         expect(page).to_have_url(re.compile(r"/e/demo/join$"))
     expect(page.get_by_role("heading", name="Get your photo code")).to_be_visible()
+
+
+def test_a_booth_that_cannot_answer_gets_plain_words(booth, phone, page_errors) -> None:
+    """The booth's own 503 body (its shape pinned by tests/test_outages.py) names internals;
+    the guest reads plain words, and the form can be sent again."""
+    page = page_errors(phone.new_page(), allow=("status of 503",))
+    body = json.dumps(
+        {"error": {"code": "database_unavailable", "message": "database unavailable: TimeoutError"}}
+    )
+    page.route(
+        "**/sessions",
+        lambda route: route.fulfill(status=503, content_type="application/json", body=body),
+    )
+    page.goto("/e/demo/join")
+    page.get_by_label("Your name").fill("Sari Wulandari")
+    page.get_by_label("WhatsApp number").fill("0812 9876 5432")
+    page.get_by_role("button", name="Get my code").click()
+    error = page.locator("#form-error")
+    expect(error).to_have_text("The booth cannot answer right now. Please try again in a moment.")
+    expect(page.get_by_role("button", name="Get my code")).to_be_enabled()
+
+    page.unroute("**/sessions")  # the booth answers again
+    page.get_by_role("button", name="Get my code").click()
+    expect(page.locator("#result-code")).to_have_text(re.compile(r"^[A-HJ-NP-Z2-9]{6}$"))

@@ -52,12 +52,16 @@ export function parseResponse(status, text) {
   }
   if (status >= 200 && status < 300) return data;
   const error = data && data.error ? data.error : {};
-  throw new ApiError(status, error.code || `http_${status}`, error.message || friendlyStatus(status), data);
+  // A 503's own message names the booth's internals ("database unavailable: TimeoutError"):
+  // people get plain words, code and data keep the detail.
+  const message = status === 503 ? friendlyStatus(status) : error.message || friendlyStatus(status);
+  throw new ApiError(status, error.code || `http_${status}`, message, data);
 }
 
 function friendlyStatus(status) {
   if (status === 413) return "That file is too large.";
   if (status === 429) return "Too many tries. Please wait a minute and try again.";
+  if (status === 503) return "The booth cannot answer right now. Please try again in a moment.";
   if (status >= 500) return "The booth had a problem. Please try again.";
   return `Request failed (${status}).`;
 }
