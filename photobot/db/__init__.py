@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +33,8 @@ import trio_asyncio
 
 from photobot.concurrency import sole
 from photobot.errors import Conflict, DatabaseError, InvalidInput, NotFound, PhotobotError
+
+log = logging.getLogger("photobot.db")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -79,6 +82,18 @@ async def _cross(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwarg
         return await trio_asyncio.aio_as_trio(_detachable)(fn, *args, **kwargs)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise translate(exc) from exc
+
+
+def _log_stray_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's report of an error nobody awaited (e.g. asyncpg noticing, after the fact, that
+    a connection to a server which has died was lost). trio-asyncio's default handler raises
+    it into the loop's nursery, which would end the whole database bridge, and the booth with
+    it, over a connection that is already gone: here it is logged instead."""
+    exc = context.get("exception")
+    log.warning(
+        "asyncio: %s", context.get("message", "unhandled error"),
+        extra={"error": f"{type(exc).__name__}: {exc}" if exc is not None else None},
+    )  # fmt: skip
 
 
 async def _detachable(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -161,7 +176,8 @@ class Database(_Queries):
         unwrapped so callers see exactly what was raised.
         """
         try:
-            async with trio_asyncio.open_loop():
+            async with trio_asyncio.open_loop() as loop:
+                loop.set_exception_handler(_log_stray_error)
                 pool = await _cross(
                     asyncpg.create_pool,
                     dsn,
