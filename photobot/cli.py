@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"photobot: {exc.message}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "run":
             trio.run(_run, settings, data_dir, args.demo)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
 import trio
@@ -66,3 +69,43 @@ async def save_patiently(
             log.warning("result not saved yet, retrying", extra={**extra, "error": exc.message})
         await trio.sleep(delay)
         delay = min(delay * 2, max_delay)
+
+
+class BackgroundThreads:
+    """Worker threads at a lower CPU priority, for work no person is waiting on.
+
+    On a 2-core box the gallery's WebP derivatives of one photo would otherwise take a core from
+    the styling of the next capture, which the operator and the guest are watching. Linux
+    schedules threads by their own nice value, so these threads lower theirs once, when they
+    start (``nice`` steps; where that is refused they simply run at normal priority). Threads
+    from ``trio.to_thread`` are never reniced: they return to trio's cache and would carry the
+    lower priority into unrelated work, and raising it back needs privileges.
+
+    :meth:`run_sync` waits in a trio worker thread (idle, blocked on the result) behind
+    ``limiter``; like ``trio.to_thread.run_sync`` it is not cancellable once started.
+    """
+
+    def __init__(self, name: str, count: int, *, nice: int = 10) -> None:
+        self.name = name
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, count),
+            thread_name_prefix=name,
+            initializer=_lower_priority,
+            initargs=(nice,),
+        )
+
+    async def run_sync(
+        self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        future = self._executor.submit(fn, *args)
+        return await trio.to_thread.run_sync(future.result, limiter=limiter)
+
+    def close(self) -> None:
+        """No new work; threads end once their queued work is done."""
+        self._executor.shutdown(wait=False)
+
+
+def _lower_priority(nice: int) -> None:
+    with suppress(OSError, AttributeError):  # AttributeError: not on Linux
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)

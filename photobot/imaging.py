@@ -25,6 +25,7 @@ Semantics:
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass
 
@@ -111,6 +112,27 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     if orientation in _SWAPS_AXES:
         w, h = h, w
     return ImageInfo(content_type, w, h, orientation)
+
+
+#: Enough of a file for any camera's header: JPEG markers up to the first scan (EXIF, XMP and
+#: MPF segments are 64 KB each at most), PNG chunks before the pixel data.
+PROBE_HEAD_BYTES = 2 * 1024 * 1024
+
+
+def probe_image_file(path: str | os.PathLike[str], *, max_pixels: int) -> ImageInfo:
+    """:func:`probe_image` of a file, reading only its head (blocking: call it from a thread).
+
+    A file the head cannot settle (an error, or a format whose reader wants the whole file) is
+    probed again whole, so its verdict and error code are exactly :func:`probe_image`'s."""
+    with open(path, "rb") as f:
+        head = f.read(PROBE_HEAD_BYTES)
+        if len(head) == PROBE_HEAD_BYTES:
+            try:
+                return probe_image(head, max_pixels=max_pixels)
+            except InvalidImage:
+                pass
+            head += f.read()
+    return probe_image(head, max_pixels=max_pixels)
 
 
 def open_image(

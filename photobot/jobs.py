@@ -121,7 +121,8 @@ def parse_id(value: str) -> uuid.UUID:
 async def create(db: Database, job: NewJob) -> tuple[Job, bool]:
     """Insert ``job``; with an idempotency key already used, return the existing job instead.
 
-    Returns ``(job, created)``. The same key with a different photo is a :class:`Conflict`.
+    Returns ``(job, created)``. The same key with a different photo, or for a different job
+    (a retry of another parent, a retry's key reused for a new photo), is a :class:`Conflict`.
     """
 
     async def on_asyncio(conn: asyncpg.Connection) -> tuple[Record, bool]:
@@ -160,11 +161,23 @@ async def create(db: Database, job: NewJob) -> tuple[Job, bool]:
 
     row, created = await db.run(on_asyncio)
     found = Job.from_record(row)
-    if not created and found.input_sha256 != job.input_sha256:
+    if not created:
+        check_replay(found, job.input_sha256, job.parent_job_id)
+    return found, created
+
+
+def check_replay(found: Job, input_sha256: str, parent_job_id: str | None) -> None:
+    """``found`` is the job an Idempotency-Key already names; a :class:`Conflict` unless it is
+    the job this request would make: the same photo, and the same parent (``None`` for a new
+    capture, the retried job's id for a retry)."""
+    if found.parent_job_id != parent_job_id:
+        raise Conflict(
+            "this Idempotency-Key was already used for a different job", code="idempotency_reused"
+        )
+    if found.input_sha256 != input_sha256:
         raise Conflict(
             "this Idempotency-Key was already used for a different photo", code="idempotency_reused"
         )
-    return found, created
 
 
 async def get(db: Database, job_id: str) -> Job:
@@ -412,7 +425,7 @@ async def queued_ids(db: Database, limit: int = 10_000) -> list[str]:
     return [str(r["id"]) for r in rows]
 
 
-def retry_of(parent: Job, *, operator_id: str | None) -> NewJob:
+def retry_of(parent: Job, *, operator_id: str | None, idempotency_key: str | None = None) -> NewJob:
     """A child job with the same input; the parent keeps its history."""
     return NewJob(
         id=new_job_id(),
@@ -431,4 +444,5 @@ def retry_of(parent: Job, *, operator_id: str | None) -> NewJob:
         input_sha256=parent.input_sha256,
         input_type=parent.input_type,
         input_bytes=parent.input_bytes,
+        idempotency_key=idempotency_key,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import signal
 import socket
 import time
@@ -92,10 +93,23 @@ class Services:
     started_at: float = field(default_factory=time.time)
     supervisor: Supervisor = field(init=False)
 
+    @property
+    def upload_spool(self) -> Path:
+        """Where photo uploads are written while they arrive (``web/uploads.py``); only this
+        process uses it, so :func:`open_services` empties what a crash left there."""
+        return upload_spool(self.data_dir)
+
+
+def upload_spool(data_dir: Path) -> Path:
+    return data_dir / "tmp" / "uploads"
+
 
 @asynccontextmanager
 async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Services]:
     secrets = await trio.to_thread.run_sync(load_or_create, data_dir)
+    await trio.to_thread.run_sync(
+        functools.partial(shutil.rmtree, upload_spool(data_dir), ignore_errors=True)
+    )
     backends: dict[str, str] = {}
     async with AsyncExitStack() as stack:
         if settings.database_url is None:

@@ -4,6 +4,7 @@ and the built-in optimizer actor on a live booth (bad images, storage trouble, r
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -383,14 +384,26 @@ async def test_a_job_deleted_while_rendering_leaves_no_objects_behind(
         entity_type="event", entity_id="e-1", source_image_key=key
     )
     real_render = live.services.optimizer._render
+    rendered, go_on = threading.Event(), threading.Event()
 
-    def render_then_delete(data: bytes) -> Any:
+    def render_then_wait(data: bytes) -> Any:
         made = real_render(data)
-        trio.from_thread.run(live.services.image_jobs.delete, job.id)
+        rendered.set()
+        go_on.wait(60)
         return made
 
-    monkeypatch.setattr(live.services.optimizer, "_render", render_then_delete)
-    assert await live.services.optimizer.process(job.id) is None
+    monkeypatch.setattr(live.services.optimizer, "_render", render_then_wait)
+    outcome: list[Any] = []
+
+    async def process() -> None:
+        outcome.append(await live.services.optimizer.process(job.id))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(process)
+        await trio.to_thread.run_sync(rendered.wait, 60)
+        await live.services.image_jobs.delete(job.id)  # while the derivatives are in hand
+        go_on.set()
+    assert outcome == [None]
     for derivative in derivative_keys(key, job.id).values():
         assert not await live.services.storage.exists(derivative)
     assert not await live.services.storage.exists(key)  # the delete took the raw source too

@@ -3,6 +3,11 @@
 :func:`create_app` takes the running :class:`~photobot.root.Services` from the composition root;
 routes reach them through :func:`web.deps.services`, never through import-time globals, so a
 test can build an app around any set of services.
+
+Every answer that is not a page (JSON, errors of any status, redirects, stored files, the QR
+SVG) carries ``Content-Security-Policy: default-src 'none'; frame-ancestors 'none'``,
+``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``; a header a route set
+itself is kept. Pages get their own policy from :mod:`web.pages`.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from photobot.root import Services
@@ -22,6 +28,8 @@ from web.routes import image_jobs as image_jobs_routes
 #: Largest request body accepted anywhere (uploads of 24 MP JPEGs fit with room to spare);
 #: larger bodies get 413 before they are read.
 MAX_BODY_BYTES = 50 * 1024 * 1024
+#: Nothing the API answers is a document: it may load nothing and be framed by no one.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -46,6 +54,18 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(image_jobs_routes.bp)
     app.register_blueprint(cctv.bp)
     app.register_blueprint(pages.bp)
+
+    # An app-level hook, so errors raised before any view (unknown route, 405, 413, a failed
+    # preflight) and unhandled 500s get the headers too.
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        if request.blueprint == pages.bp.name:
+            return response
+        response.headers.setdefault("Content-Security-Policy", API_CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
     return app
 
 

@@ -32,7 +32,6 @@ last line is the headline figure.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import io
 import itertools
@@ -51,17 +50,17 @@ from typing import IO, Any
 
 import httpx
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from PIL import Image, ImageChops
 
 from photobot.bus import JobEvent
-from photobot.config import load_settings
-from photobot.db import ensure_database
-from photobot.embedded import open_embedded_postgres, open_embedded_redis
-from photobot.root import Services, build_supervisor, open_services
-from tests.bench.common import percentile, proc_status_kib, remove_stale, server_tmp_base
-from web.app import create_app
+from photobot.root import Services
+from tests.bench.common import (
+    open_bench_booth,
+    percentile,
+    proc_status_kib,
+    remove_stale,
+    server_tmp_base,
+)
 
 PASSWORD = "bench-jobs-password"
 #: Distinct base photos generated once and cached; jobs cycle through them.
@@ -380,51 +379,32 @@ async def run_jobs(
 
 async def bench(args: argparse.Namespace, photos: list[Path], work: Path, servers: Path) -> Result:
     t_start = trio.current_time()
-    async with (
-        open_embedded_postgres(servers / "postgres", durable=False) as pg,
-        open_embedded_redis(servers / "redis", durable=False) as rd,
-    ):
-        dsn = await ensure_database(pg.url, "photobot")
-        settings = load_settings(database_url=dsn, redis_url=rd.url, operator_password=PASSWORD)
-        async with open_services(settings, work / "data") as services, trio.open_nursery() as inner:
-            supervisor = build_supervisor(services)
-            await inner.start(supervisor.run)
-            config = HypercornConfig()
-            config.bind = ["127.0.0.1:0"]
-            config.accesslog = None
-            config.errorlog = logging.getLogger("hypercorn.error")  # type: ignore[assignment]
-            stop = trio.Event()
-            binds = await inner.start(
-                functools.partial(serve, create_app(services), config, shutdown_trigger=stop.wait)
-            )
-            recorder = Recorder()
-            await inner.start(recorder.run, services)
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-            try:
-                async with httpx.AsyncClient(
-                    base_url=binds[0], timeout=args.timeout, limits=limits
-                ) as http:
-                    client = Client(http, style=args.style)
-                    await client.setup()
-                    booth_start = trio.current_time() - t_start
+    async with open_bench_booth(work, servers, PASSWORD) as booth, trio.open_nursery() as inner:
+        settings = booth.settings
+        recorder = Recorder()
+        await inner.start(recorder.run, booth.services)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(
+            base_url=booth.base_url, timeout=args.timeout, limits=limits
+        ) as http:
+            client = Client(http, style=args.style)
+            await client.setup()
+            booth_start = trio.current_time() - t_start
 
-                    t0 = trio.current_time()
-                    await run_jobs(client, recorder, photos[-1:], args.timeout)
-                    warmup = trio.current_time() - t0
+            t0 = trio.current_time()
+            await run_jobs(client, recorder, photos[-1:], args.timeout)
+            warmup = trio.current_time() - t0
 
-                    lag = LoopLag()
-                    load_before = os.getloadavg()[0]
-                    rss_before = proc_status_kib("VmRSS")
-                    peak_reset = reset_peak_rss()
-                    inner.start_soon(lag.run)
-                    start = CpuMark.now()
-                    times, uploaded = await run_jobs(client, recorder, photos[:-1], args.timeout)
-                    end = CpuMark.now()
-                    peak = proc_status_kib("VmHWM")
-            finally:
-                await supervisor.stop()
-                stop.set()
-                inner.cancel_scope.cancel()
+            lag = LoopLag()
+            load_before = os.getloadavg()[0]
+            rss_before = proc_status_kib("VmRSS")
+            peak_reset = reset_peak_rss()
+            inner.start_soon(lag.run)
+            start = CpuMark.now()
+            times, uploaded = await run_jobs(client, recorder, photos[:-1], args.timeout)
+            end = CpuMark.now()
+            peak = proc_status_kib("VmHWM")
+        inner.cancel_scope.cancel()
     return Result(
         times=times,
         warmup=warmup,

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from photobot.config import Settings, load_settings
+from photobot.db import ensure_database
+from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.embedded._process import pid_alive
+from photobot.root import Services, build_supervisor, open_services
+from web.app import create_app
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -49,3 +63,51 @@ def remove_stale(base: str) -> None:
         pid = stale.name.split("-")[2]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+@dataclass
+class BenchBooth:
+    """A whole booth running in the benchmark's own process (see :func:`open_bench_booth`)."""
+
+    services: Services
+    base_url: str
+    #: ``ws://127.0.0.1:<port>`` of the gallery's websocket listener.
+    ws_base: str
+    settings: Settings
+
+
+@asynccontextmanager
+async def open_bench_booth(
+    work: Path, servers: Path, password: str, **settings: Any
+) -> AsyncIterator[BenchBooth]:
+    """Embedded PostgreSQL and Redis (``durable=False``, data in ``servers``), local storage in
+    ``work/data``, the real supervisor and actors, Hypercorn and the gallery's websocket
+    listener on free loopback ports — what ``photobot run`` serves, minus the signal handling.
+    ``settings`` override the defaults (``load_settings`` keywords)."""
+    async with (
+        open_embedded_postgres(servers / "postgres", durable=False) as pg,
+        open_embedded_redis(servers / "redis", durable=False) as rd,
+    ):
+        dsn = await ensure_database(pg.url, "photobot")
+        config = load_settings(
+            database_url=dsn, redis_url=rd.url, operator_password=password, **settings
+        )
+        async with open_services(config, work / "data") as services, trio.open_nursery() as inner:
+            supervisor = build_supervisor(services)
+            await inner.start(supervisor.run)
+            hyper = HypercornConfig()
+            hyper.bind = ["127.0.0.1:0"]
+            hyper.accesslog = None
+            hyper.errorlog = logging.getLogger("hypercorn.error")  # type: ignore[assignment]
+            stop = trio.Event()
+            binds = await inner.start(
+                functools.partial(serve, create_app(services), hyper, shutdown_trigger=stop.wait)
+            )
+            ws_port = await inner.start(services.gallery.server.serve, "127.0.0.1", 0)
+            try:
+                yield BenchBooth(services, binds[0], f"ws://127.0.0.1:{ws_port}", config)
+            finally:
+                await supervisor.stop()
+                stop.set()
+                await services.gallery.server.aclose(timeout=0.5)
+                inner.cancel_scope.cancel()

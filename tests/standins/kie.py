@@ -25,6 +25,7 @@ Scripted faults, from a test (Python API) or another process (``POST /__standin_
 - ``script_next_task("fail" | "stuck" | "html_result", fail_code=..., fail_msg=...)``: the next
   created task ends in ``fail``, stays ``generating`` forever, or succeeds with a result URL
   that serves HTML. JSON: ``{"task": "fail", "fail_msg": "..."}``.
+- ``gate``: a ``trio.Event``; tasks stay ``generating`` until it is set (Python API only).
 - ``credits``: None is unlimited; at 0, createTask answers 402. JSON: ``{"credits": 0}``.
 - ``POST /__standin__/reset`` clears faults and scripts; ``GET /__standin__/state`` shows calls.
 
@@ -159,6 +160,10 @@ class KieStandin:
         self.calls: Counter[str] = Counter()
         self.file_requests_with_auth = 0
         self.fetched_urls: list[str] = []
+        #: While this event is set and not yet fired, every task stays ``generating`` however
+        #: often it is polled: a test decides when the styling ends, not a count of polls that
+        #: a busy machine stretches.
+        self.gate: trio.Event | None = None
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self._client: httpx.AsyncClient | None = None
@@ -264,6 +269,9 @@ class KieStandin:
             return
         if task.polls < self.polls_to_finish:
             task.state = ("waiting", "queuing", "generating")[min(task.polls, 3) - 1]
+            return
+        if self.gate is not None and not self.gate.is_set():
+            task.state = "generating"
             return
         script = task.script
         if script is not None and script.outcome == "stuck":

@@ -2,29 +2,36 @@
 
 ``POST /jobs`` accepts a photo only once it is stored and its job row committed; from then on
 the job reaches exactly one final state. A double click is harmless: with the same
-``Idempotency-Key`` the second request gets the first request's job (200 instead of 201).
+``Idempotency-Key`` the second request gets the first request's job (200 instead of 201). The
+same holds for ``POST /jobs/:id/retry``: one key, one child job. A key that already names a
+different job (another photo, another parent) is a 409 ``idempotency_reused``.
+
+``POST /jobs`` is rate limited per operator login (``JOBS_RATE_LIMIT_PER_MINUTE``; 429 with
+``Retry-After``). A request whose key already names a job is not counted: it cannot make a job,
+and a console resending its outbox after a lost answer must not be locked out by its own resends.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from datetime import date, datetime
+from functools import partial
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, g, jsonify, redirect, request
+from quart import Blueprint, Response, current_app, g, jsonify, redirect, request
 
-from photobot import jobs
-from photobot.errors import CacheError, Conflict, InvalidInput, NotFound, PayloadTooLarge
+from photobot import jobs, ratelimit
+from photobot.errors import CacheError, Conflict, InvalidInput, NotFound
 from photobot.events import resolve_event
-from photobot.imaging import ImageInfo, probe_image
+from photobot.imaging import probe_image_file
 from photobot.providers.local import MODES, STYLES
 from photobot.root import Services
 from photobot.storage.keys import job_input_key
 from web.auth import require_operator
 from web.deps import services
+from web.uploads import SpooledFile, receive_upload
 
 bp = Blueprint("jobs", __name__)
 
@@ -94,25 +101,27 @@ def _field(form: Any, name: str, *, required: bool = False, max_len: int = 100) 
     return str(value)
 
 
-def _inspect(data: bytes) -> tuple[ImageInfo, str]:
-    return probe_image(data, max_pixels=MAX_IMAGE_PIXELS), hashlib.sha256(data).hexdigest()
-
-
 @bp.post("/jobs")
 @require_operator
 async def create_job() -> tuple[Response, int]:
+    """The photo streams to a spool file (hashed as it arrives) and from there to storage; it
+    is never held whole in memory (see :mod:`web.uploads`)."""
     s = services()
-    idem_key = request.headers.get("Idempotency-Key")
-    if idem_key is not None and not (0 < len(idem_key) <= 200 and idem_key.isprintable()):
-        raise InvalidInput("Idempotency-Key must be 1-200 printable characters")
-    form = await request.form
-    files = await request.files
-    upload = files.get("image")
-    if upload is None:
-        raise InvalidInput("image is required (a multipart file field)", code="missing_field")
-    data = upload.read(MAX_IMAGE_BYTES + 1)
-    if len(data) > MAX_IMAGE_BYTES:  # pragma: no cover — the 50 MB body cap usually hits first
-        raise PayloadTooLarge(f"the photo is larger than {MAX_IMAGE_BYTES // 2**20} MB")
+    idem_key = _idempotency_key()
+    await _count_submit(s, idem_key)
+    async with receive_upload(
+        request, s.upload_spool, max_file_bytes=MAX_IMAGE_BYTES,
+        timeout=current_app.config["BODY_TIMEOUT"],
+    ) as upload:  # fmt: skip
+        photo = upload.file
+        if photo is None or photo.field != "image":
+            raise InvalidInput("image is required (a multipart file field)", code="missing_field")
+        return await _create_from(s, upload.fields, photo, idem_key)
+
+
+async def _create_from(
+    s: Services, form: dict[str, str], photo: SpooledFile, idem_key: str | None
+) -> tuple[Response, int]:
     session_id = _field(form, "sessionId", required=True)
     event_ref = _field(form, "eventId")
     mode = _field(form, "mode") or "default"
@@ -134,16 +143,19 @@ async def create_job() -> tuple[Response, int]:
     if session.expired:
         raise Conflict("this guest's session has expired; register again", code="session_expired")
 
-    info, sha = await trio.to_thread.run_sync(_inspect, data, limiter=_probe_limiter)
+    info = await trio.to_thread.run_sync(
+        partial(probe_image_file, photo.path, max_pixels=MAX_IMAGE_PIXELS), limiter=_probe_limiter
+    )
+    sha = photo.sha256
 
     if idem_key is not None:
-        replay = await _replay(s, idem_key, sha)
+        replay = await _replay(s, idem_key, sha, parent_id=None)
         if replay is not None:
             return replay, 200
 
     job_id = jobs.new_job_id()
     key = job_input_key(str(event.id), job_id, _EXTENSIONS[info.content_type], date.today())
-    await s.storage.put(key, data, info.content_type)
+    await s.storage.put_file(key, photo.path, info.content_type)
     try:
         job, created = await s.dispatcher.submit(
             jobs.NewJob(
@@ -160,7 +172,7 @@ async def create_job() -> tuple[Response, int]:
                 input_key=key,
                 input_sha256=sha,
                 input_type=info.content_type,
-                input_bytes=len(data),
+                input_bytes=photo.size,
                 idempotency_key=idem_key,
             )
         )
@@ -170,25 +182,52 @@ async def create_job() -> tuple[Response, int]:
     if not created:
         await s.storage.delete(key)  # the other request's upload is the one kept
     elif idem_key is not None:
-        try:
-            await s.cache.set(f"idemp:{idem_key}", job.id, ex=IDEMPOTENCY_TTL, nx=True)
-        except CacheError:
-            pass  # PostgreSQL's unique index is the guarantee; Redis is the fast path
+        await _remember(s, idem_key, job.id)
     return jsonify(job_json(job)), 201 if created else 200
 
 
-async def _replay(s: Services, idem_key: str, sha: str) -> Response | None:
+def _idempotency_key() -> str | None:
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None and not (0 < len(idem_key) <= 200 and idem_key.isprintable()):
+        raise InvalidInput("Idempotency-Key must be 1-200 printable characters")
+    return idem_key
+
+
+async def _known(s: Services, idem_key: str) -> str | None:
+    """The job id ``idem_key`` names in Redis; ``None`` when unknown or Redis is away."""
     try:
         known = await s.cache.get(f"idemp:{idem_key}")
     except CacheError:
         return None
+    return None if known is None else known.decode()
+
+
+async def _count_submit(s: Services, idem_key: str | None) -> None:
+    """One hit on the operator's ``POST /jobs`` limit, unless the key already names a job (the
+    request is a replay or a 409, never a new job). Checked before the body is read."""
+    if idem_key is not None and await _known(s, idem_key) is not None:
+        return
+    limit = ratelimit.Limit("jobs", s.settings.jobs_rate_limit_per_minute, 60)
+    await ratelimit.hit(s.cache, (limit, g.operator.id))
+
+
+async def _remember(s: Services, idem_key: str, job_id: str) -> None:
+    try:
+        await s.cache.set(f"idemp:{idem_key}", job_id, ex=IDEMPOTENCY_TTL, nx=True)
+    except CacheError:
+        pass  # PostgreSQL's unique index is the guarantee; Redis is the fast path
+
+
+async def _replay(
+    s: Services, idem_key: str, sha: str, *, parent_id: str | None
+) -> Response | None:
+    """The answer for a key Redis already knows (see :func:`jobs.check_replay`); ``None`` when
+    it does not, and PostgreSQL's unique index decides."""
+    known = await _known(s, idem_key)
     if known is None:
         return None
-    job = await jobs.get(s.db, known.decode())
-    if job.input_sha256 != sha:
-        raise Conflict(
-            "this Idempotency-Key was already used for a different photo", code="idempotency_reused"
-        )
+    job = await jobs.get(s.db, known)
+    jobs.check_replay(job, sha, parent_id)
     return jsonify(job_json(job, urls=await _signed(s, job)))
 
 
@@ -233,12 +272,22 @@ async def download(job_id: str) -> Response:
 @bp.post("/jobs/<job_id>/retry")
 @require_operator
 async def retry(job_id: str) -> tuple[Response, int]:
+    """A child job of a final job; with an ``Idempotency-Key``, at most one child per key."""
     s = services()
+    idem_key = _idempotency_key()
     parent = await jobs.get(s.db, job_id)
+    if idem_key is not None:
+        replay = await _replay(s, idem_key, parent.input_sha256, parent_id=parent.id)
+        if replay is not None:
+            return replay, 200
     if not parent.final:
         raise Conflict(f"the job is still {parent.status}", code="not_final")
-    child, _ = await s.dispatcher.submit(jobs.retry_of(parent, operator_id=g.operator.id))
-    return jsonify(job_json(child)), 201
+    child, created = await s.dispatcher.submit(
+        jobs.retry_of(parent, operator_id=g.operator.id, idempotency_key=idem_key)
+    )
+    if created and idem_key is not None:
+        await _remember(s, idem_key, child.id)
+    return jsonify(job_json(child, urls=await _signed(s, child))), 201 if created else 200
 
 
 @bp.post("/jobs/<job_id>/cancel")
