@@ -437,3 +437,93 @@ async def test_frames_sent_with_the_handshake_are_read(booth: Booth) -> None:
             got.extend(ws.events())
     assert [e.payload for e in got if isinstance(e, Pong)] == [b"early"]
     await stream.aclose()
+
+
+# -- caps: counted from accept ---------------------------------------------------------------
+
+
+async def upgrade_status(stream: trio.SocketStream, slug: str = "party") -> int:
+    """Send a websocket upgrade on ``stream``; the HTTP status of the answer, 0 when the server
+    closed it unanswered (the flood guard of a full house)."""
+    request = WSConnection(ConnectionType.CLIENT).send(
+        Request(host="127.0.0.1", target=f"/ws/events/{slug}")
+    )
+    await stream.send_all(request)
+    answer = b""
+    with trio.fail_after(20):
+        while b"\r\n\r\n" not in answer:
+            try:
+                data = await stream.receive_some(4096)
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                assert not answer, answer
+                return 0
+            answer += data
+    return int(answer.split(b" ", 2)[1])
+
+
+@asynccontextmanager
+async def open_fanout(gate: trio.Event | None = None, **caps: Any) -> AsyncIterator[FanoutServer]:
+    """A bare gallery listener whose room lookup waits for ``gate``: every handshake of a burst
+    is then in flight at once, past any check made before the lookup."""
+
+    async def exists(slug: str) -> bool:
+        if gate is not None:
+            await gate.wait()
+        return True
+
+    server = FanoutServer(exists, room_cache_seconds=0.0, **caps)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, "127.0.0.1", 0)
+        yield server
+        await server.aclose(timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("caps", "refused"), [({"max_per_ip": 3}, {429}), ({"max_connections": 3}, {0, 503})]
+)
+async def test_a_burst_of_parallel_upgrades_never_passes_the_caps(
+    caps: dict[str, int], refused: set[int]
+) -> None:
+    gate = trio.Event()
+    async with open_fanout(gate, **caps) as server:
+        assert server.port is not None
+        streams = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(8)]
+        statuses: list[int] = []
+
+        async def one(stream: trio.SocketStream) -> None:
+            statuses.append(await upgrade_status(stream))
+
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(one, stream)
+            # All eight are accepted and handshaking before any lookup answers.
+            await wait_for(lambda: server._handshaking == 8 or len(statuses) == 5)
+            gate.set()
+        assert statuses.count(101) == 3, statuses
+        assert set(statuses) - {101} <= refused and len(statuses) == 8, statuses
+        assert server.connections == 3 and server.stats()["slots"] == 3
+        for stream in streams:
+            await stream.aclose()
+        await wait_for(lambda: server.stats()["slots"] == 0 and server.connections == 0)
+        # The slots came back: the next guest is let in.
+        again = await trio.open_tcp_stream("127.0.0.1", server.port)
+        assert await upgrade_status(again) == 101
+        await again.aclose()
+
+
+async def test_half_open_handshakes_hold_their_slots_until_they_go() -> None:
+    async with open_fanout(max_per_ip=2, handshake_timeout=60) as server:
+        assert server.port is not None
+        idle = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(2)]
+        await wait_for(lambda: server.stats()["slots"] == 2)
+        late = await trio.open_tcp_stream("127.0.0.1", server.port)
+        assert await upgrade_status(late) == 429  # two sockets that never finished hold the cap
+        await late.aclose()
+        for stream in idle:
+            await stream.aclose()
+        await wait_for(lambda: server.stats()["slots"] == 0)
+        guest = await trio.open_tcp_stream("127.0.0.1", server.port)
+        assert await upgrade_status(guest) == 101
+        await guest.aclose()

@@ -51,6 +51,9 @@ async def test_event_pages_and_unknown_event(booth: Booth) -> None:
     join = await _html(b, "/e/wedding/join")
     assert _page_data(join) == {"slug": "wedding", "name": "Wedding", "visibility": "public"}
     assert "Get my code" in join
+    # Nothing sends WhatsApp messages: the page must not promise it, and says what does happen.
+    assert "we send" not in join.lower()
+    assert "Nothing is sent to it by itself" in join
     assert "/static/js/gallery.js?v=" in await _html(b, "/e/wedding")
     private = await _html(b, "/e/secret")
     assert "gallery is private" in private and "gallery.js" not in private

@@ -147,6 +147,9 @@ class FanoutServer:
         self._rooms: dict[str, tuple[set[Guest], set[Guest]]] = {}
         self._guests: set[Guest] = set()
         self._closing: set[Guest] = set()
+        #: Connections holding a slot (handshaking, open or closing), in all and per address;
+        #: what the caps count (see :meth:`_take_slot`).
+        self._slots = 0
         self._per_ip: dict[str, int] = {}
         self._handshaking = 0
         self._known: dict[str, float] = {}  # slug → until when "exists" (or "unknown") holds
@@ -181,6 +184,7 @@ class FanoutServer:
         return {
             "port": self.port,
             "connections": len(self._guests),
+            "slots": self._slots,
             "rooms": len(self._rooms),
             "accepted": self.accepted,
             "rejected": self.rejected,
@@ -402,8 +406,6 @@ class FanoutServer:
             room = self._rooms[g.slug] = (set(), set())
         room[g.proto].add(g)
         self._guests.add(g)
-        if self.max_per_ip:
-            self._per_ip[g.ip] = self._per_ip.get(g.ip, 0) + 1
 
     def _unregister(self, g: Guest) -> None:
         room = self._rooms.get(g.slug)
@@ -412,12 +414,30 @@ class FanoutServer:
             if not room[0] and not room[1]:
                 del self._rooms[g.slug]
         self._guests.discard(g)
+
+    def _take_slot(self, ip: str) -> Rejection | None:
+        """Count a connection against the caps the moment it is accepted, not once its
+        handshake is done: a burst of parallel upgrades must not all pass a check that none of
+        them has yet counted for. ``None``: the slot is taken (release it with
+        :meth:`_release_slot`); otherwise the answer to give instead."""
+        if self._slots >= self.max_connections:
+            return Rejection(503, "the gallery is full", (("Retry-After", "30"),))
         if self.max_per_ip:
-            left = self._per_ip.get(g.ip, 1) - 1
+            held = self._per_ip.get(ip, 0)
+            if held >= self.max_per_ip:
+                return Rejection(429, "too many connections from your address")
+            self._per_ip[ip] = held + 1
+        self._slots += 1
+        return None
+
+    def _release_slot(self, ip: str) -> None:
+        self._slots -= 1
+        if self.max_per_ip:
+            left = self._per_ip.get(ip, 1) - 1
             if left > 0:
-                self._per_ip[g.ip] = left
+                self._per_ip[ip] = left
             else:
-                self._per_ip.pop(g.ip, None)
+                self._per_ip.pop(ip, None)
 
     def _close_listener(self) -> None:
         lsock, self._listener = self._listener, None
@@ -451,7 +471,8 @@ class FanoutServer:
                 if self._handshaking >= self.max_connections:  # a flood of idle sockets
                     sock.close()
                     continue
-                nursery.start_soon(self._handle, sock, addr)
+                ip = str(addr[0])
+                nursery.start_soon(self._handle, sock, ip, self._take_slot(ip))
 
     async def _housekeeping(self) -> None:
         interval = self.ping_interval
@@ -472,7 +493,9 @@ class FanoutServer:
                 if self._guests:
                     self._deliver(self._guests, self._ping_frame)
 
-    async def _handle(self, sock: socket.socket, addr: Any) -> None:
+    async def _handle(self, sock: socket.socket, ip: str, refusal: Rejection | None) -> None:
+        """One connection; ``refusal`` is None when it holds a slot (released here, on every
+        way out), else the answer its handshake gets."""
         tsock = trio.socket.from_stdlib_socket(sock)  # makes `sock` non-blocking too
         g: Guest | None = None
         try:
@@ -480,12 +503,11 @@ class FanoutServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            ip = str(addr[0])
             request: HandshakeRequest | None = None
             self._handshaking += 1
             try:
                 with trio.move_on_after(self.handshake_timeout):
-                    request = await self._handshake(tsock, ip)
+                    request = await self._handshake(tsock, ip, refusal)
             finally:
                 self._handshaking -= 1
             if request is None or not self._accepting:
@@ -503,8 +525,12 @@ class FanoutServer:
                 tsock.close()
             else:
                 self._finish(g)
+            if refusal is None:
+                self._release_slot(ip)
 
-    async def _handshake(self, tsock: trio.socket.SocketType, ip: str) -> HandshakeRequest | None:
+    async def _handshake(
+        self, tsock: trio.socket.SocketType, ip: str, refusal: Rejection | None
+    ) -> HandshakeRequest | None:
         """Read the upgrade request; answer 101 (returns the request) or an HTTP error (None)."""
         parser = HandshakeParser(allowed_origins=self.allowed_origins)
         result: HandshakeRequest | Rejection | None = None
@@ -514,7 +540,7 @@ class FanoutServer:
                 return None
             result = parser.feed(data)
         if isinstance(result, HandshakeRequest):
-            refusal = await self._admit(result, ip)
+            refusal = refusal or await self._admit(result)
             if refusal is None:
                 await _send_all(tsock, accept_response(result))
                 return result
@@ -523,13 +549,9 @@ class FanoutServer:
         await _send_all(tsock, result.response())
         return None
 
-    async def _admit(self, request: HandshakeRequest, ip: str) -> Rejection | None:
+    async def _admit(self, request: HandshakeRequest) -> Rejection | None:
         if not self._accepting:
             return Rejection(503, "the gallery is shutting down", (("Retry-After", "5"),))
-        if len(self._guests) >= self.max_connections:
-            return Rejection(503, "the gallery is full", (("Retry-After", "30"),))
-        if self.max_per_ip and self._per_ip.get(ip, 0) >= self.max_per_ip:
-            return Rejection(429, "too many connections from your address")
         try:
             exists = await self._room_known(request.slug)
         except Exception as exc:  # the lookup's backend is down: not the guest's fault

@@ -1,6 +1,6 @@
 // Queue: the event's jobs with filters, live progress and "Load more"; the job detail dialog
 // (stages, attempts, error, preview, download, retry, cancel).
-import { $, el, toast } from "../common.js";
+import { $, el, randomId, toast } from "../common.js";
 import { call } from "./session.js";
 import {
   FINAL, STAGES, chip, data, jobRow, poller, shortTime, showError, stageLabel, styleLabel, updateRow,
@@ -189,10 +189,14 @@ function draw(job) {
   const percent = job.progress ? job.progress.percent || 0 : 0;
   const result = el("p", { class: "job-result", id: "job-result", role: "status" });
   const retry = el("button", { type: "button", class: "button", hidden: !final }, "Retry");
+  // One key per job view: a second click after a lost answer gets the same child, not another.
+  const retryKey = randomId();
   retry.addEventListener("click", async () => {
     retry.disabled = true;
     try {
-      const child = await call(`/jobs/${job.id}/retry`, { method: "POST" });
+      const child = await call(`/jobs/${job.id}/retry`, {
+        method: "POST", headers: { "Idempotency-Key": retryKey },
+      });
       toast(`Retry started: job #${child.id.slice(0, 8)}.`);
       live.kick();
       openJob(child.id);
