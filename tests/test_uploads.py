@@ -178,3 +178,33 @@ async def test_a_client_that_goes_away_mid_upload_leaves_no_spool_file(live: Liv
     # And the booth still takes the next photo.
     r = await live.submit(session)
     assert r.status_code == 201, r.text
+
+
+async def test_a_photographer_upload_streams_every_file_and_one_bad_file_sinks_no_other(
+    live: Live,
+) -> None:
+    from web.routes.photos import MAX_PHOTO_BYTES
+
+    event = await live.event()
+    good = jpeg(1200, 800)
+    huge = b"\xff\xd8\xff" + b"0" * MAX_PHOTO_BYTES  # one byte over the limit
+    files = [
+        ("photos", ("a.jpg", good, "image/jpeg")),
+        ("photos", ("huge.jpg", huge, "image/jpeg")),
+        ("photos", ("notes.jpg", b"not a photo", "image/jpeg")),
+    ]
+    r = await live.http.post(f"/events/{event['slug']}/photos", files=files, headers=live.auth)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert [p["filename"] for p in body["photos"]] == ["a.jpg"]
+    assert {e["filename"]: e["error"]["code"] for e in body["errors"]} == {
+        "huge.jpg": "payload_too_large",
+        "notes.jpg": "unsupported_image",
+    }
+    assert spooled(live) == []
+    row = await live.services.db.fetchrow(
+        "select sha256, size_bytes, original_key from photos where id = $1",
+        uuid.UUID(body["photos"][0]["photoId"]),
+    )
+    assert row["sha256"] == hashlib.sha256(good).hexdigest() and row["size_bytes"] == len(good)
+    assert await live.services.storage.get(row["original_key"]) == good

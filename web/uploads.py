@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import trio
 from quart import Request
@@ -55,12 +55,19 @@ class SpooledFile:
     sha256: str
     filename: str
     field: str
+    #: Larger than ``max_file_bytes`` (only with ``oversized="mark"``): nothing of it was kept.
+    oversized: bool = False
 
 
 @dataclass(frozen=True)
 class Upload:
     fields: dict[str, str]
-    file: SpooledFile | None
+    files: list[SpooledFile]
+
+    @property
+    def file(self) -> SpooledFile | None:
+        """The first file part, for a form that carries one."""
+        return self.files[0] if self.files else None
 
 
 class _Sink:
@@ -87,7 +94,7 @@ def _boundary(request: Request) -> bytes:
     if mimetype != "multipart/form-data" or not boundary:
         # Most often a form posted without its file: say what is missing.
         raise InvalidInput(
-            "image is required (a multipart/form-data file field)", code="missing_field"
+            "attach the photo as a multipart/form-data file field", code="missing_field"
         )
     try:
         return boundary.encode("ascii")
@@ -97,12 +104,20 @@ def _boundary(request: Request) -> bytes:
 
 @asynccontextmanager
 async def receive_upload(
-    request: Request, spool_dir: Path, *, max_file_bytes: int, timeout: float
+    request: Request,
+    spool_dir: Path,
+    *,
+    max_file_bytes: int,
+    timeout: float,
+    max_files: int = 1,
+    oversized: Literal["refuse", "mark"] = "refuse",
 ) -> AsyncIterator[Upload]:
-    """Stream ``request``'s multipart body: fields in memory, the file part spooled (see the
-    module docstring for who owns the file and what is refused). A body still arriving after
-    ``timeout`` seconds is a 408."""
-    receiver = _Receiver(_boundary(request), spool_dir, max_file_bytes)
+    """Stream ``request``'s multipart body: fields in memory, each file part spooled (see the
+    module docstring for who owns the files and what is refused). A file over
+    ``max_file_bytes`` ends the request with a 413 (``"refuse"``), or is skipped and returned
+    marked ``oversized`` (``"mark"``: one bad file among many must not sink the others). A body
+    still arriving after ``timeout`` seconds is a 408."""
+    receiver = _Receiver(_boundary(request), spool_dir, max_file_bytes, max_files, oversized)
     try:
         with trio.move_on_after(timeout) as deadline:
             async for chunk in request.body:
@@ -112,21 +127,26 @@ async def receive_upload(
             raise ApiError(408, "upload_timeout", f"the upload took longer than {timeout:g} s")
         yield receiver.result()
     finally:
-        if receiver.sink is not None:
+        if receiver.sinks:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_discard, receiver.sink, limiter=_spool_limiter)
+                await trio.to_thread.run_sync(_discard, receiver.sinks, limiter=_spool_limiter)
 
 
 class _Receiver:
     """Feeds the decoder and acts on its events; ``feed(None)`` marks the end of the body."""
 
-    def __init__(self, boundary: bytes, spool_dir: Path, max_file_bytes: int) -> None:
-        self.decoder = MultipartDecoder(boundary, max_parts=MAX_PARTS)
+    def __init__(
+        self, boundary: bytes, spool_dir: Path, max_file_bytes: int, max_files: int,
+        oversized: str,
+    ) -> None:  # fmt: skip
+        self.decoder = MultipartDecoder(boundary, max_parts=max(MAX_PARTS, max_files + 16))
         self.spool_dir = spool_dir
         self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.refuse_oversized = oversized == "refuse"
         self.fields: dict[str, str] = {}
-        self.sink: _Sink | None = None
-        self.spooled: SpooledFile | None = None
+        self.sinks: list[_Sink] = []  # every file opened, so every one is removed at the end
+        self.files: list[SpooledFile] = []
         self.part: Field | File | None = None
         self.field_buf = bytearray()
         self.pending = bytearray()
@@ -144,27 +164,34 @@ class _Receiver:
                 await self._on(event)
                 event = self.decoder.next_event()
         except RequestEntityTooLarge:  # the decoder's part count
-            raise InvalidInput(
-                f"a photo form has at most {MAX_PARTS} parts", code="bad_multipart"
-            ) from None
+            raise InvalidInput("this form has too many parts", code="bad_multipart") from None
         except ValueError as exc:
             raise InvalidInput(f"malformed multipart body: {exc}", code="bad_multipart") from None
 
+    @property
+    def sink(self) -> _Sink:
+        return self.sinks[-1]
+
     async def _on(self, event: object) -> None:
         if isinstance(event, File):
-            if self.sink is not None:
-                raise InvalidInput("send one photo per request", code="too_many_files")
-            self.part = event
-            self.sink = await trio.to_thread.run_sync(_Sink, self.spool_dir)
+            if len(self.sinks) >= self.max_files:
+                what = "one photo" if self.max_files == 1 else f"at most {self.max_files} photos"
+                raise InvalidInput(f"send {what} per request", code="too_many_files")
+            self.part, self.size = event, 0
+            self.sinks.append(await trio.to_thread.run_sync(_Sink, self.spool_dir))
         elif isinstance(event, Field):
             self.part, self.field_buf = event, bytearray()
         elif isinstance(event, Data) and isinstance(self.part, File):
             self.size += len(event.data)
-            if self.size > self.max_file_bytes:
+            too_big = self.size > self.max_file_bytes
+            if too_big and self.refuse_oversized:
                 raise PayloadTooLarge(f"the photo is larger than {self.max_file_bytes // 2**20} MB")
-            self.pending += event.data
+            if not too_big:
+                self.pending += event.data
+            else:
+                self.pending.clear()  # counted, not kept
             if len(self.pending) >= WRITE_BATCH or not event.more_data:
-                await self._flush(last=not event.more_data)
+                await self._flush(last=not event.more_data, oversized=too_big)
         elif isinstance(event, Data) and isinstance(self.part, Field):
             self.field_buf += event.data
             if len(self.field_buf) > MAX_FIELD_BYTES:
@@ -174,33 +201,37 @@ class _Receiver:
             if not event.more_data:
                 self.fields.setdefault(self.part.name, self.field_buf.decode("utf-8", "replace"))
 
-    async def _flush(self, *, last: bool) -> None:
+    async def _flush(self, *, last: bool, oversized: bool) -> None:
         sink, batch = self.sink, bytes(self.pending)
-        assert sink is not None and isinstance(self.part, File)
+        assert isinstance(self.part, File)
         self.pending.clear()
 
         def write() -> None:
-            sink.write(batch)
+            if batch:
+                sink.write(batch)
             if last:
                 sink.close()
 
         await trio.to_thread.run_sync(write, limiter=_spool_limiter)
         if last:
-            self.spooled = SpooledFile(
-                sink.path, self.size, sink.hash.hexdigest(), self.part.filename or "",
-                self.part.name,
+            self.files.append(
+                SpooledFile(
+                    sink.path, self.size, sink.hash.hexdigest(), self.part.filename or "",
+                    self.part.name, oversized,
+                )
             )  # fmt: skip
 
     def result(self) -> Upload:
         if not self.ended:
             raise InvalidInput("the multipart body ended early", code="bad_multipart")
-        return Upload(self.fields, self.spooled)
+        return Upload(self.fields, self.files)
 
 
-def _discard(sink: _Sink) -> None:
-    sink.close()
-    with suppress(FileNotFoundError):
-        sink.path.unlink()
+def _discard(sinks: list[_Sink]) -> None:
+    for sink in sinks:
+        sink.close()
+        with suppress(FileNotFoundError):
+            sink.path.unlink()
 
 
 __all__ = ["SpooledFile", "Upload", "receive_upload"]

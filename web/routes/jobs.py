@@ -42,7 +42,7 @@ MAX_IMAGE_PIXELS = 60_000_000
 #: Redis key lifetime of an Idempotency-Key (seed 001 §3.5: 10-30 minutes).
 IDEMPOTENCY_TTL = 1800
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
-_probe_limiter = trio.CapacityLimiter(2)  # "upload-probe": hashing and header checks
+_probe_limiter = trio.CapacityLimiter(2)  # "upload-probe": header checks (hashed on arrival)
 
 
 def job_json(job: jobs.Job, *, urls: dict[str, str] | None = None) -> dict[str, Any]:

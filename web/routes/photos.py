@@ -12,74 +12,84 @@ the same event is the same photo (``created: false``).
 
 from __future__ import annotations
 
-import hashlib
 from datetime import date
+from functools import partial
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, g, jsonify, request
+from quart import Blueprint, Response, current_app, g, jsonify, request
 
 from photobot import photos
 from photobot.errors import InvalidInput, NotFound
 from photobot.events import resolve_event
-from photobot.imaging import ImageInfo, probe_image
+from photobot.imaging import probe_image_file
+from photobot.root import Services
 from photobot.storage.keys import photo_key
 from web.auth import require_operator
 from web.deps import services
+from web.uploads import SpooledFile, receive_upload
 
 bp = Blueprint("photos", __name__)
 
 MAX_PHOTO_BYTES = 40 * 1024 * 1024
 MAX_PIXELS = 60_000_000
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
-_limiter = trio.CapacityLimiter(2)  # "upload-probe": header checks and hashing
+_limiter = trio.CapacityLimiter(2)  # "upload-probe": header checks
 
 
-def _inspect(data: bytes) -> tuple[ImageInfo, str]:
-    return probe_image(data, max_pixels=MAX_PIXELS), hashlib.sha256(data).hexdigest()
+#: Files in one request; the console sends one per request, a script may send a folder.
+MAX_FILES = 200
 
 
 @bp.post("/events/<id_or_slug>/photos")
 @require_operator
 async def upload(id_or_slug: str) -> tuple[Response, int]:
+    """Every file streams to the spool as it arrives (:mod:`web.uploads`), then to storage."""
     s = services()
     event = await resolve_event(s.db, id_or_slug)
-    files = await request.files
-    uploads = [f for _, f in files.items(multi=True)]
-    if not uploads:
-        raise InvalidInput("attach one or more photos as multipart files", code="missing_field")
-    done: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    for upload in uploads:
-        name = (upload.filename or "photo")[:200]
-        try:
-            data = upload.read(MAX_PHOTO_BYTES + 1)
-            if len(data) > MAX_PHOTO_BYTES:
-                raise InvalidInput(
-                    f"larger than {MAX_PHOTO_BYTES // 2**20} MB", code="payload_too_large"
+    async with receive_upload(
+        request, s.upload_spool, max_file_bytes=MAX_PHOTO_BYTES, max_files=MAX_FILES,
+        oversized="mark", timeout=current_app.config["BODY_TIMEOUT"],
+    ) as received:  # fmt: skip
+        if not received.files:
+            raise InvalidInput("attach one or more photos as multipart files", code="missing_field")
+        done: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for spooled in received.files:
+            name = (spooled.filename or "photo")[:200]
+            try:
+                photo, created = await _publish(s, str(event.id), spooled)
+            except InvalidInput as exc:
+                errors.append(
+                    {"filename": name, "error": {"code": exc.code, "message": exc.message}}
                 )
-            info, digest = await trio.to_thread.run_sync(_inspect, data, limiter=_limiter)
-            key = photo_key(str(event.id), digest, _EXTENSIONS[info.content_type], date.today())
-            await s.storage.put(key, data, info.content_type)
-            photo, created = await s.publisher.publish(
-                photos.NewPhoto(
-                    event_id=str(event.id),
-                    source="upload",
-                    original_key=key,
-                    content_type=info.content_type,
-                    size_bytes=len(data),
-                    sha256=digest,
-                    width=info.width,
-                    height=info.height,
-                    uploaded_by=g.operator.id,
-                )
-            )
-        except InvalidInput as exc:
-            errors.append({"filename": name, "error": {"code": exc.code, "message": exc.message}})
-            continue
-        done.append({"filename": name, "photoId": photo.id, "created": created})
+                continue
+            done.append({"filename": name, "photoId": photo.id, "created": created})
     status = 201 if done else 422
     return jsonify({"eventId": str(event.id), "photos": done, "errors": errors}), status
+
+
+async def _publish(s: Services, event_id: str, spooled: SpooledFile) -> tuple[photos.Photo, bool]:
+    if spooled.oversized:
+        raise InvalidInput(f"larger than {MAX_PHOTO_BYTES // 2**20} MB", code="payload_too_large")
+    info = await trio.to_thread.run_sync(
+        partial(probe_image_file, spooled.path, max_pixels=MAX_PIXELS), limiter=_limiter
+    )
+    key = photo_key(event_id, spooled.sha256, _EXTENSIONS[info.content_type], date.today())
+    await s.storage.put_file(key, spooled.path, info.content_type)
+    return await s.publisher.publish(
+        photos.NewPhoto(
+            event_id=event_id,
+            source="upload",
+            original_key=key,
+            content_type=info.content_type,
+            size_bytes=spooled.size,
+            sha256=spooled.sha256,
+            width=info.width,
+            height=info.height,
+            uploaded_by=g.operator.id,
+        )
+    )
 
 
 @bp.delete("/events/<id_or_slug>/photos/<photo_id>")
