@@ -8,6 +8,11 @@ notification was lost (the sender was cancelled, this actor restarted, the pool 
 those requeued after a restart, and those another booth box queued. The pool ignores ids it
 already has in flight, so forwarding twice is harmless; claiming is a conditional update, so
 running twice is impossible.
+
+Each sweep first takes over the running jobs whose lease has run out, whichever box had them
+(:func:`photobot.jobs.take_over_expired`): a box that died for good, or lost the database for a
+whole lease, would otherwise keep them ``running`` forever. They are requeued and forwarded in
+the same round, and the box that lost them can no longer complete them.
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ class Dispatcher:
         failing = False
         while True:
             try:
+                for job_id, owner in await jobs.take_over_expired(self.db, self.sweep_batch):
+                    log.warning(
+                        "job taken over: its lease ran out",
+                        extra={"jobId": job_id, "previousOwner": owner},
+                    )
                 queued = await jobs.queued_ids(self.db, self.sweep_batch)
             except Unavailable as exc:
                 if not failing:

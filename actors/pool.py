@@ -17,7 +17,14 @@ Cancel: a cancel request (flag in the database, polled with the progress flush e
 
 Shutdown: ``ctx.stopping`` stops intake; jobs in flight get the grace period to finish. A job
 cut off by the hard cancel stays ``running`` under this booth's name and is requeued by
-:func:`photobot.jobs.requeue_mine` when the pool starts again, here or after a restart.
+:func:`photobot.jobs.requeue_mine` when the pool starts again, here or after a restart; if this
+booth never comes back, another box takes it over once its lease has run out.
+
+Leases: every claim is leased for ``lease`` seconds (``JOB_LEASE_SECONDS``); every third of
+that, one query renews the leases of all the jobs in hand. A job whose lease was lost (this box
+could not reach the database for a whole lease, and another box took the job over) has its
+attempt stopped before the upload stage, and its result dropped at the latest when it is
+saved: the completion names the claim, and a lost claim's completion is refused.
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ class _Canceled(Exception):
     """The job's cancel flag was seen at a stage boundary."""
 
 
+class _LeaseLost(Exception):
+    """This attempt's claim is no longer ours: another box took the job over."""
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     max_attempts: int = 3
@@ -95,6 +106,7 @@ class _Running:
     flushed: tuple[str, int] = ("", -1)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_seen: bool = False
+    lease_lost: bool = False
 
 
 class WorkerPool:
@@ -113,6 +125,7 @@ class WorkerPool:
         publisher: Publisher | None = None,
         config: PoolConfig | None = None,
         rng: random.Random | None = None,
+        lease: float = 60.0,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -126,6 +139,10 @@ class WorkerPool:
         self.rng = rng or random.Random()
         self.limiters = {name: trio.CapacityLimiter(concurrency.get(name, 1)) for name in providers}
         self.in_flight: set[str] = set()
+        self.lease = lease
+        #: The claims this process holds (job id → attempt), renewed together.
+        self.leases: dict[str, int] = {}
+        self._runs: dict[str, _Running] = {}
         self.reconfigure(config or PoolConfig())
 
     def reconfigure(self, config: PoolConfig) -> None:
@@ -143,19 +160,46 @@ class WorkerPool:
         if requeued:
             log.info("requeued interrupted jobs", extra={"count": len(requeued)})
         pending = trio.Semaphore(self.config.max_pending)
-        async with trio.open_nursery() as nursery:
-            ctx.started()
-            nursery.start_soon(self._reclaim_until, ctx.stopping)
-            with trio.CancelScope() as intake:
-                nursery.start_soon(self._stop_intake_on, ctx.stopping, intake)
-                # Not `async with work`: the channel outlives this actor's restarts.
-                async for job_id in work:
-                    if job_id in self.in_flight:
-                        continue
-                    await pending.acquire()
-                    self.in_flight.add(job_id)
-                    nursery.start_soon(self._job_task, job_id, pending)
-            # Intake stopped: in-flight jobs finish, or the supervisor cancels after the grace.
+        async with trio.open_nursery() as renewing:
+            # Outside the jobs' nursery: jobs finishing in the shutdown grace keep their leases,
+            # and the renewing ends with the last of them.
+            renewing.start_soon(self._renew_leases)
+            async with trio.open_nursery() as nursery:
+                ctx.started()
+                nursery.start_soon(self._reclaim_until, ctx.stopping)
+                with trio.CancelScope() as intake:
+                    nursery.start_soon(self._stop_intake_on, ctx.stopping, intake)
+                    # Not `async with work`: the channel outlives this actor's restarts.
+                    async for job_id in work:
+                        if job_id in self.in_flight:
+                            continue
+                        await pending.acquire()
+                        self.in_flight.add(job_id)
+                        nursery.start_soon(self._job_task, job_id, pending)
+                # Intake stopped: in-flight jobs finish, or the supervisor cancels after the grace.
+            renewing.cancel_scope.cancel()
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of all the jobs in hand, one query every third of a lease; stop the
+        attempts whose lease was lost. A failed round is simply tried again: the lease is three
+        rounds long."""
+        while True:
+            await trio.sleep(self.lease / 3)
+            held = dict(self.leases)
+            try:
+                renewed = await jobs.renew_leases(self.db, self.worker_id, held, self.lease)
+            except PhotobotError as exc:
+                log.warning("job leases not renewed", extra={"error": exc.message})
+                continue
+            for job_id, attempt in held.items():
+                run = self._runs.get(job_id)
+                if job_id in renewed or run is None or run.job.attempts != attempt:
+                    continue  # renewed, or between attempts (the next claim tells)
+                run.lease_lost = True
+                # Past the styling the result is as good as saved: the save itself is fenced,
+                # and interrupting it would leave a successful save unannounced.
+                if run.stage != "uploading_output":
+                    run.scope.cancel()
 
     async def _reclaim_until(self, stopping: trio.Event, every: float = 30.0) -> None:
         """Requeue our `running` jobs that no task here is running (a task lost its job to a
@@ -188,6 +232,7 @@ class WorkerPool:
             log.warning("job deferred", extra={"jobId": job_id, "error": exc.message})
         finally:
             self.in_flight.discard(job_id)
+            self.leases.pop(job_id, None)
             pending.release()
 
     # -- one job -----------------------------------------------------------------------------
@@ -219,7 +264,9 @@ class WorkerPool:
                 last = error
                 if attempt_no < self.config.max_attempts:
                     await trio.sleep(self._backoff(attempt_no))
-        failed = await jobs.fail(self.db, job_id, *last)
+        held = self.leases.get(job_id)
+        claim = None if held is None else (self.worker_id, held)
+        failed = await jobs.fail(self.db, job_id, *last, claim=claim)
         if failed is not None:
             self._finished(failed)
 
@@ -242,13 +289,15 @@ class WorkerPool:
     async def _claimed_attempt(
         self, job_id: str, name: str, event: Event, breaker: CircuitBreaker
     ) -> tuple[str, tuple[str, str]]:
-        job = await jobs.claim(self.db, job_id, self.worker_id, name)
+        job = await jobs.claim(self.db, job_id, self.worker_id, name, lease=self.lease)
         if job is None:
             current = await jobs.get(self.db, job_id)
             if current.cancel_requested and not current.final:
                 await self._cancel(current)
             return "done", ("", "")
         run = _Running(job)
+        self.leases[job_id] = job.attempts
+        self._runs[job_id] = run
         log.info(
             "attempt started",
             extra={"jobId": job_id, "provider": name, "attempt": job.attempts},
@@ -262,8 +311,24 @@ class WorkerPool:
                         output = await self._stages(run, name, event)
                 finally:
                     watchers.cancel_scope.cancel()
+                    self._runs.pop(job_id, None)
+            if run.lease_lost and output is None:
+                raise _LeaseLost
             if run.cancel_seen or output is None:
                 raise _Canceled
+        except _LeaseLost:
+            # Nothing to clean up in storage: the output keys are the job's, not the attempt's,
+            # and the box that took the job over writes (or wrote) its result under them.
+            log.warning(
+                "job lease lost to another box: result dropped",
+                extra={"jobId": job_id, "provider": name, "attempt": job.attempts},
+            )
+            with trio.CancelScope(shield=True):
+                await jobs.end_attempt(
+                    self.db, job_id, job.attempts, "interrupted", error_code="lease_lost",
+                    error_message="this box lost its lease on the job; its result was dropped",
+                )  # fmt: skip
+            return "done", ("", "")
         except _Canceled:
             with trio.CancelScope(shield=True):
                 await jobs.end_attempt(self.db, job_id, job.attempts, "canceled")
@@ -325,6 +390,14 @@ class WorkerPool:
             raise FatalProviderError(f"{name} returned no image", code="no_output")
         self._check_cancel(run)
 
+        # Still ours, and a whole lease ahead for the upload: a box that lost the job writes
+        # nothing over the result of the box that took it over.
+        held = {job.id: job.attempts}
+        renewed = await self._save_result(
+            job.id, lambda: jobs.renew_leases(self.db, self.worker_id, held, self.lease)
+        )
+        if job.id not in renewed:
+            raise _LeaseLost
         self._stage(run, "uploading_output")
         day = job.created_at.date() if job.created_at else date.today()
         keys = []
@@ -336,24 +409,23 @@ class WorkerPool:
         self._check_cancel(run)
 
         best = keys[min(max(output.best, 0), len(keys) - 1)]
-        # The attempt first: whoever sees the job succeeded sees its attempt complete.
-        await self._save_result(
+        done = await self._save_result(
             job.id,
-            lambda: jobs.end_attempt(
-                self.db, job.id, job.attempts, "succeeded",
+            lambda: jobs.succeed(
+                self.db, job.id, self.worker_id, job.attempts, keys, best,
                 provider_request_id=output.provider_request_id,
             ),
         )  # fmt: skip
-        done = await self._save_result(
-            job.id, lambda: jobs.succeed(self.db, job.id, self.worker_id, keys, best)
-        )
-        if done is not None:
-            self._finished(done)
-            log.info("job succeeded", extra={"jobId": job.id, "provider": name})
-            if self.publisher is not None:
-                best = output.images[min(max(output.best, 0), len(keys) - 1)]
-                with trio.CancelScope(shield=True):
-                    await self.publisher.publish_job(done, len(best.data), best.content_type)
+        if done is None:
+            raise _LeaseLost
+        self._finished(done)
+        log.info("job succeeded", extra={"jobId": job.id, "provider": name})
+        if self.publisher is not None:
+            best_image = output.images[min(max(output.best, 0), len(keys) - 1)]
+            with trio.CancelScope(shield=True):
+                await self.publisher.publish_job(
+                    done, len(best_image.data), best_image.content_type
+                )
         return output
 
     async def _save_result(self, job_id: str, write: Callable[[], Awaitable[T]]) -> T:
@@ -379,7 +451,10 @@ class WorkerPool:
             await trio.sleep(self.config.flush_interval)
             try:
                 if (run.stage, run.percent) != run.flushed:
-                    await jobs.progress(self.db, run.job.id, run.stage, run.percent)
+                    await jobs.progress(
+                        self.db, run.job.id, run.stage, run.percent,
+                        worker=self.worker_id, attempt=run.job.attempts,
+                    )  # fmt: skip
                     run.flushed = (run.stage, run.percent)
                 cancel = await jobs.is_cancel_requested(self.db, run.job.id)
             except PhotobotError as exc:
@@ -415,7 +490,9 @@ class WorkerPool:
         await jobs.end_attempt(
             self.db, job.id, job.attempts, "fatal_error", error_code=code, error_message=message
         )
-        failed = await jobs.fail(self.db, job.id, code, message)
+        failed = await jobs.fail(
+            self.db, job.id, code, message, claim=(self.worker_id, job.attempts)
+        )
         if failed is not None:
             self._finished(failed)
         log.warning("job failed", extra={"jobId": job.id, "code": code, "error": message})

@@ -259,6 +259,9 @@ class Settings(BaseSettings):
     worker_concurrency_comfy: int = Field(
         1, ge=1, le=64, validation_alias="WORKER_CONCURRENCY_COMFY"
     )
+    # A running job whose box has not renewed its lease for this long is taken over by another
+    # box sharing the database (the box renews every third of it).
+    job_lease_seconds: float = Field(60.0, ge=1, le=3600, validation_alias="JOB_LEASE_SECONDS")
 
     # -- image optimizer (seed 002) ----------------------------------------------------------
     image_workers: Literal["builtin", "external"] = Field(

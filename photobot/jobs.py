@@ -5,17 +5,23 @@ PostgreSQL is the source of truth. Every transition is one conditional UPDATE, s
 
     queued ──claim──▶ running ──succeed──▶ succeeded
       │                  │ ├────fail─────▶ failed
-      │                  │ └──requeue (restart of the claiming process)──▶ queued
+      │                  │ └──requeue (its process restarted, or its lease ran out)──▶ queued
       └──cancel──────────┴──(cancel_requested, honoured at the next stage)──▶ canceled
 
 ``claimed_by`` names the booth process running a job (its ``BOOTH_ID``); at start-up a process
-requeues only its own running jobs.
+requeues only its own running jobs. A claim also takes a lease (``lease_expires_at``, always on
+PostgreSQL's clock), which the claiming box renews while the job runs (:func:`renew_leases`):
+once it has run out, any box sharing the database takes the job over
+(:func:`take_over_expired`), so a box that never comes back strands nothing. The transitions a
+running job's owner makes (progress, succeed, fail) name the claim they belong to, ``claimed_by``
+and ``attempts``: a box that lost its lease (partitioned, not dead) and comes back late is
+refused, and never completes a job another box took over.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -234,8 +240,11 @@ async def list_page(
     return [Job.from_record(r) for r in rows]
 
 
-async def claim(db: Database, job_id: str, worker: str, provider: str) -> Job | None:
-    """Start the next attempt: queued (or our own running job) → running, attempt row opened.
+async def claim(
+    db: Database, job_id: str, worker: str, provider: str, *, lease: float
+) -> Job | None:
+    """Start the next attempt: queued (or our own running job) → running, attempt row opened,
+    leased to ``worker`` for ``lease`` seconds. The claim is ``(worker, job.attempts)``.
 
     ``None`` when the job is no longer ours to run (canceled, finished, claimed elsewhere).
     """
@@ -245,13 +254,15 @@ async def claim(db: Database, job_id: str, worker: str, provider: str) -> Job | 
             """update jobs set status = 'running', claimed_by = $2, claimed_at = now(),
                       started_at = coalesce(started_at, now()), attempts = attempts + 1,
                       provider_used = $3, progress_stage = 'preprocessing', progress_percent = 1,
-                      error_code = null, error_message = null, updated_at = now()
+                      error_code = null, error_message = null, updated_at = now(),
+                      lease_expires_at = now() + make_interval(secs => $4)
                where id = $1 and not cancel_requested
                  and (status = 'queued' or (status = 'running' and claimed_by = $2))
                returning *""",
             uuid.UUID(job_id),
             worker,
             provider,
+            lease,
         )
         if row is not None:
             await conn.execute(
@@ -266,13 +277,18 @@ async def claim(db: Database, job_id: str, worker: str, provider: str) -> Job | 
     return None if row is None else Job.from_record(row)
 
 
-async def progress(db: Database, job_id: str, stage: str, percent: int) -> None:
+async def progress(
+    db: Database, job_id: str, stage: str, percent: int, *, worker: str, attempt: int
+) -> None:
+    """Record the stage of the claim ``(worker, attempt)``; a lost claim's progress is ignored."""
     await db.execute(
         """update jobs set progress_stage = $2, progress_percent = $3, updated_at = now()
-           where id = $1 and status = 'running'""",
+           where id = $1 and status = 'running' and claimed_by = $4 and attempts = $5""",
         uuid.UUID(job_id),
         stage,
         percent,
+        worker,
+        attempt,
     )
 
 
@@ -300,31 +316,75 @@ async def end_attempt(
 
 
 async def succeed(
-    db: Database, job_id: str, worker: str, output_keys: list[str], best_output_key: str
+    db: Database,
+    job_id: str,
+    worker: str,
+    attempt: int,
+    output_keys: list[str],
+    best_output_key: str,
+    *,
+    provider_request_id: str | None = None,
 ) -> Job | None:
-    row = await db.fetchrow(
-        """update jobs set status = 'succeeded', output_keys = $3, best_output_key = $4,
-                  progress_stage = 'done', progress_percent = 100, finished_at = now(),
-                  updated_at = now()
-           where id = $1 and status = 'running' and claimed_by = $2
-           returning *""",
-        uuid.UUID(job_id),
-        worker,
-        output_keys,
-        best_output_key,
-    )
+    """Running → succeeded, and its attempt row closed, in one transaction: only for the claim
+    ``(worker, attempt)``. ``None``: the claim was lost (the job was taken over after its
+    lease ran out, canceled, …), so the result must be dropped.
+
+    Safe to repeat: a first try that committed without our hearing returns the job again."""
+    jid = uuid.UUID(job_id)
+
+    async def on_asyncio(conn: asyncpg.Connection) -> Record | None:
+        row = await conn.fetchrow(
+            """update jobs set status = 'succeeded', output_keys = $4, best_output_key = $5,
+                      progress_stage = 'done', progress_percent = 100, finished_at = now(),
+                      updated_at = now(), lease_expires_at = null
+               where id = $1 and status = 'running' and claimed_by = $2 and attempts = $3
+               returning *""",
+            jid,
+            worker,
+            attempt,
+            output_keys,
+            best_output_key,
+        )
+        if row is None:
+            return await conn.fetchrow(
+                """select * from jobs where id = $1 and status = 'succeeded'
+                     and claimed_by = $2 and attempts = $3""",
+                jid,
+                worker,
+                attempt,
+            )
+        await conn.execute(
+            """update job_attempts set finished_at = now(), outcome = 'succeeded',
+                      provider_request_id = $3
+               where job_id = $1 and attempt = $2 and finished_at is null""",
+            jid,
+            attempt,
+            provider_request_id,
+        )
+        return row
+
+    row = await db.run(on_asyncio)
     return None if row is None else Job.from_record(row)
 
 
-async def fail(db: Database, job_id: str, code: str, message: str) -> Job | None:
+async def fail(
+    db: Database, job_id: str, code: str, message: str, *, claim: tuple[str, int] | None = None
+) -> Job | None:
+    """Fail the job: with ``claim`` = ``(worker, attempt)`` only while that claim holds it,
+    without one only while it is queued (a box that never claimed it must not fail the job
+    another box is running)."""
+    owner, attempt = claim if claim is not None else (None, None)
     row = await db.fetchrow(
         """update jobs set status = 'failed', error_code = $2, error_message = $3,
-                  finished_at = now(), updated_at = now()
-           where id = $1 and status in ('queued', 'running')
+                  finished_at = now(), updated_at = now(), lease_expires_at = null
+           where id = $1 and case when $4::text is null then status = 'queued'
+                 else status = 'running' and claimed_by = $4 and attempts = $5 end
            returning *""",
         uuid.UUID(job_id),
         code,
         message[:500],
+        owner,
+        attempt,
     )
     return None if row is None else Job.from_record(row)
 
@@ -389,14 +449,7 @@ async def requeue_mine(
 
     async def on_asyncio(conn: asyncpg.Connection) -> list[Record]:
         rows = await conn.fetch(
-            """update jobs set
-                      status = case when cancel_requested then 'canceled' else 'queued' end,
-                      finished_at = case when cancel_requested then now() end,
-                      error_code = case when cancel_requested then 'canceled' else error_code end,
-                      error_message = case when cancel_requested
-                                      then 'canceled by an operator' else error_message end,
-                      claimed_by = null, progress_stage = 'queued', progress_percent = 0,
-                      updated_at = now()
+            f"""update jobs set {_REQUEUE}
                where status = 'running' and claimed_by = $1 and not (id = any($2::uuid[]))
                  and updated_at <= now() - make_interval(secs => $3)
                returning id""",
@@ -404,18 +457,88 @@ async def requeue_mine(
             kept,
             min_idle,
         )
-        ids = [r["id"] for r in rows]
-        if ids:
-            await conn.execute(
-                """update job_attempts set finished_at = now(), outcome = 'interrupted',
-                          error_code = 'interrupted',
-                          error_message = 'the booth process stopped during this attempt'
-                   where job_id = any($1::uuid[]) and finished_at is null""",
-                ids,
-            )
+        await _interrupt_attempts(
+            conn, [r["id"] for r in rows], "the booth process stopped during this attempt"
+        )
         return rows
 
     return [str(r["id"]) for r in await db.run(on_asyncio)]
+
+
+#: A running job back to the queue (or canceled, if that was asked: it would never be claimed).
+_REQUEUE = """status = case when cancel_requested then 'canceled' else 'queued' end,
+              finished_at = case when cancel_requested then now() end,
+              error_code = case when cancel_requested then 'canceled' else error_code end,
+              error_message = case when cancel_requested
+                              then 'canceled by an operator' else error_message end,
+              claimed_by = null, lease_expires_at = null, progress_stage = 'queued',
+              progress_percent = 0, updated_at = now()"""
+
+
+async def _interrupt_attempts(conn: asyncpg.Connection, ids: list[Any], message: str) -> None:
+    """End the open attempts of requeued jobs ``ids`` as interrupted."""
+    if ids:
+        await conn.execute(
+            """update job_attempts set finished_at = now(), outcome = 'interrupted',
+                      error_code = 'interrupted', error_message = $2
+               where job_id = any($1::uuid[]) and finished_at is null""",
+            ids,
+            message,
+        )
+
+
+async def take_over_expired(db: Database, limit: int = 200) -> list[tuple[str, str | None]]:
+    """Running jobs whose lease has run out, whichever box claimed them (it died, or has not
+    reached the database for a whole lease), go back to the queue for any box to run, their
+    open attempts ended as interrupted; one whose cancel was requested is canceled instead.
+    Returns ``(job id, the box that had it)`` pairs.
+
+    ``skip locked``: boxes sweeping at once share the jobs out instead of waiting on each
+    other, and a job its owner is completing or renewing right now is left to that owner."""
+
+    async def on_asyncio(conn: asyncpg.Connection) -> list[Record]:
+        rows = await conn.fetch(
+            f"""with expired as (
+                    select id, claimed_by from jobs
+                    where status = 'running' and lease_expires_at < now()
+                    order by lease_expires_at limit $1
+                    for update skip locked)
+                update jobs set {_REQUEUE}
+                from expired where jobs.id = expired.id
+                returning jobs.id, expired.claimed_by""",
+            limit,
+        )
+        await _interrupt_attempts(
+            conn,
+            [r["id"] for r in rows],
+            "the booth running this attempt stopped renewing its lease; another box took over",
+        )
+        return rows
+
+    return [(str(r["id"]), r["claimed_by"]) for r in await db.run(on_asyncio)]
+
+
+async def renew_leases(
+    db: Database, worker: str, held: Mapping[str, int], lease: float
+) -> set[str]:
+    """Extend to ``lease`` seconds from now, in one statement, the lease of every job in
+    ``held`` (job id → attempt) that ``worker`` still holds at that attempt; return the ids
+    renewed. A job left out is lost to that claim: taken over after its lease ran out, claimed
+    again by a newer process under the same ``BOOTH_ID``, or no longer running."""
+    if not held:
+        return set()
+    rows = await db.fetch(
+        """update jobs set lease_expires_at = now() + make_interval(secs => $4)
+           from unnest($2::uuid[], $3::int[]) as held(id, attempt)
+           where jobs.id = held.id and jobs.attempts = held.attempt and jobs.claimed_by = $1
+             and jobs.status = 'running'
+           returning jobs.id""",
+        worker,
+        [uuid.UUID(job_id) for job_id in held],
+        list(held.values()),
+        lease,
+    )
+    return {str(r["id"]) for r in rows}
 
 
 async def queued_ids(db: Database, limit: int = 10_000) -> list[str]:

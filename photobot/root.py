@@ -219,6 +219,7 @@ async def open_services(settings: Settings, data_dir: Path) -> AsyncIterator[Ser
                 worker_id=settings.booth_id,
                 public_base_url=settings.public_base_url,
                 publisher=publisher,
+                lease=settings.job_lease_seconds,
             ),
             publisher=publisher,
             gallery=gallery,
