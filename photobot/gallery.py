@@ -105,6 +105,10 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 # -- cursors -------------------------------------------------------------------------------------
 
 
+#: Larger than every photo id: a cursor at an instant with this id is past all its photos.
+_LAST_ID = uuid.UUID(int=(1 << 128) - 1)
+
+
 @dataclass(frozen=True, order=True)
 class Cursor:
     """A position in an event's newest-first order: ``(created_at, id)``.
@@ -119,6 +123,34 @@ class Cursor:
     def encode(self) -> str:
         raw = f"{self.created_at.isoformat()}|{self.id}".encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def after_instant(cls, text: str) -> Cursor | None:
+        """Seed 004's ``since``: the ``createdAt`` of the newest photo a client has, as ISO 8601
+        with an offset (``2026-12-07T20:01:02.123456+07:00``, ``…Z``) or as milliseconds since
+        the epoch. The cursor just past every photo made at that instant (the largest id), so
+        ``since`` gives the photos made strictly later. ``None`` when ``text`` is not a time
+        at all (it may be one of our cursors); a time without an offset is 422."""
+        if text.isdigit() and len(text) <= 15:
+            try:
+                at = datetime.fromtimestamp(int(text) / 1000, UTC)
+            except (ValueError, OverflowError, OSError):
+                raise InvalidInput("since is not a valid time", code="invalid_cursor") from None
+            return cls(at, _LAST_ID)
+        if ":" not in text:  # base64url never holds one; every ISO time does
+            return None
+        try:
+            # A '+' offset that was not percent-encoded arrives as a space.
+            at = datetime.fromisoformat(text.replace(" ", "+").replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(
+                "since is not a valid time or cursor", code="invalid_cursor"
+            ) from None
+        if at.tzinfo is None:
+            raise InvalidInput(
+                "since needs a time zone (…Z or …+07:00), as createdAt has", code="invalid_cursor"
+            )
+        return cls(at.astimezone(UTC), _LAST_ID)
 
     @classmethod
     def decode(cls, text: str) -> Cursor:

@@ -12,7 +12,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -244,6 +244,11 @@ async def test_query_parameters_are_checked(live: Live) -> None:
         ({"before": naive}, "invalid_cursor"),
         ({"before": "A" * 300}, "invalid_cursor"),
         ({"since": cursor, "before": cursor}, "invalid_input"),
+        ({"since": "2026-12-07T10:00:00"}, "invalid_cursor"),  # a time without its zone
+        ({"since": "2026-13-45T10:00:00Z"}, "invalid_cursor"),
+        ({"page": "2"}, "unsupported_parameter"),  # never page 1 again in disguise
+        ({"page": "0"}, "invalid_page"),
+        ({"page": "one"}, "invalid_page"),
     ]:
         assert await error_code(await live.http.get(url, params=params), 422) == code, params
     bad_device = {"X-Device-Id": "short"}
@@ -257,6 +262,33 @@ async def test_query_parameters_are_checked(live: Live) -> None:
     r = await live.http.get(f"/api/gallery/{other['slug']}/photos/{photo.id}")
     assert await error_code(r, 404) == "photo_not_found"
     assert (await get_page(live, event["id"]))["photos"][0]["id"] == photo.id  # uuid works too
+
+
+async def test_seed_004_since_timestamp_and_page_1(live: Live) -> None:
+    """Seed 004's clients keep the ``createdAt`` of their newest photo and ask ``since=`` it,
+    and fetch the newest batch as ``page=1&sort=newest``."""
+    event = await live.event()
+    url = f"/api/gallery/{event['slug']}/photos"
+    first = [await add_photo(live, event["id"]) for _ in range(3)]
+    r = await live.http.get(url, params={"page": "1", "sort": "newest", "limit": "50"})
+    assert r.status_code == 200, r.text
+    assert [p["id"] for p in r.json()["photos"]] == [p.id for p in reversed(first)]
+    top = r.json()["photos"][0]["createdAt"]
+    later = [await add_photo(live, event["id"]) for _ in range(2)]
+    new_ids = [p.id for p in reversed(later)]
+    as_local = datetime.fromisoformat(top).astimezone(timezone(timedelta(hours=7))).isoformat()
+    millis = str(int(datetime.fromisoformat(top).timestamp() * 1000))
+    for since in (top, top.replace("+00:00", "Z"), as_local, as_local.replace("+", " ")):
+        r = await live.http.get(url, params={"since": since})
+        assert r.status_code == 200, (since, r.text)
+        assert [p["id"] for p in r.json()["photos"]] == new_ids, since  # strictly after it
+    # Milliseconds lose the microseconds: the top photo itself may come back, nothing older.
+    r = await live.http.get(url, params={"since": millis})
+    got = [p["id"] for p in r.json()["photos"]]
+    assert got[: len(new_ids)] == new_ids and set(got) <= {*new_ids, first[-1].id}
+    # Our own cursor still works beside it, and what it answers chains with the timestamp's.
+    r = await live.http.get(url, params={"since": r.json()["newestCursor"]})
+    assert r.status_code == 200 and r.json()["photos"] == []
 
 
 def test_cursor_round_trip_and_rules() -> None:

@@ -12,7 +12,9 @@ their own page from their QR code, ``/api/guest/<token>/results``).
   OLDEST ``limit`` of them first (returned newest first, ready to prepend); ``hasMoreSince``
   true means ask again with ``since=newestCursor`` — a client that missed 500 photos gets
   exactly those 500 in order. ``newestCursor`` is what to pass as ``since`` next (unchanged when
-  nothing is new).
+  nothing is new). ``since`` also takes seed 004's form, a photo's ``createdAt`` (ISO 8601 with
+  an offset, or epoch milliseconds): the photos made strictly after it. ``page=1`` (the seed's
+  clients) is the newest page; any other ``page`` is a 422 pointing at ``before``.
 - ``GET /api/gallery/<slug>/photos/<id>`` → one photo (e.g. on ``photo:updated``).
 - ``POST`` / ``DELETE /api/gallery/<slug>/photos/<id>/like`` (``X-Device-Id``) →
   ``{"id", "photo_id", "likes", "likedByMe"}``; one like per device, both idempotent.
@@ -143,6 +145,23 @@ async def download_redirect(s: Services, photo: gallery.GalleryPhoto, prefix: st
     return response
 
 
+def _check_page(value: str | None) -> None:
+    """Seed 004's clients ask ``page=1&sort=newest`` for the newest photos: that page is ours
+    without a cursor. Deeper pages are keyset cursors here (fast at 100 000 photos), never a
+    page number: anything but 1 is a clear 422, never page 1 again in disguise."""
+    if value is None or value == "1":
+        return
+    if value.isdigit() and int(value) > 1:
+        raise InvalidInput(
+            "page numbers are not supported past page=1: ask for older photos with "
+            "before=<nextBefore> from the previous answer",
+            code="unsupported_parameter",
+        )
+    raise InvalidInput(
+        "page must be 1 (use before=<nextBefore> for older photos)", code="invalid_page"
+    )
+
+
 def _cursor(name: str) -> gallery.Cursor | None:
     value = request.args.get(name)
     return None if not value else gallery.Cursor.decode(value)
@@ -171,7 +190,10 @@ async def list_photos(slug: str) -> Response:
     if args.get("sort", "newest") != "newest":
         raise InvalidInput("sort must be 'newest'", code="invalid_sort")
     limit = gallery.validate_limit(args.get("limit"))
-    since, before = _cursor("since"), _cursor("before")
+    _check_page(args.get("page"))
+    raw_since = args.get("since")
+    since = (raw_since and gallery.Cursor.after_instant(raw_since)) or _cursor("since")
+    before = _cursor("before")
     device = device_id(required=False)
     result = await gallery.page(
         s.db, slug, limit=limit, since=since, before=before, device_id=device

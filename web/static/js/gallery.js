@@ -3,8 +3,9 @@
 // Newest first, infinite scroll with the `before` cursor. A websocket (found through
 // /api/gallery/<slug>/socket; served on the box's gallery port) announces new photos: the page
 // shows "New images added" and fetches them only when the guest taps it (`since` cursor), so
-// nothing moves under someone's thumb and no one looking at a photo is interrupted. While the
-// socket is down the page asks `since` every 30-45 s and reconnects with back-off.
+// nothing moves under someone's thumb and no one looking at a photo is interrupted. Every 30-45 s
+// the page also asks `since` itself, socket open or not (seed 004: a socket can lose a message
+// without closing), and while the socket is down it reconnects with back-off.
 //
 // Invariants: `shown` holds every photo on the page and `announced` every photo counted in the
 // toast and not shown yet; a photo enters each at most once, so it is never shown or announced
@@ -106,6 +107,7 @@ async function loadFirst() {
     return;
   }
   connect();
+  startPolling(); // always, socket or not: a message the socket missed is caught within 45 s
   watchBottom();
   openFromHash();
 }
@@ -186,7 +188,9 @@ async function showNew() {
 
 newToast.addEventListener("click", showNew);
 
-/** Without the socket: ask what is new since the newest photo on the page and announce it. */
+/** Ask what is new since the newest photo on the page and announce what nobody announced yet
+ * (seed 004's 30-45 s poll: it runs while the socket is open too, since a socket can miss a
+ * message without closing). */
 async function checkMissed() {
   if (catchingUp) return;
   catchingUp = true;
@@ -222,11 +226,6 @@ function startPolling() {
   tick();
 }
 
-function stopPolling() {
-  clearTimeout(pollTimer);
-  pollTimer = null;
-}
-
 function scheduleReconnect() {
   clearTimeout(reconnectTimer);
   reconnectTimer = setTimeout(connect, backoff(reconnectAttempt++, { base: 1000, cap: 30000 }));
@@ -254,7 +253,6 @@ async function connect() {
     info = await api(`${base}/socket`);
   } catch {
     setLive("polling");
-    startPolling();
     scheduleReconnect();
     return;
   }
@@ -263,7 +261,6 @@ async function connect() {
   ws.addEventListener("open", () => {
     reconnectAttempt = 0;
     setLive("live");
-    stopPolling();
     checkMissed(); // anything published while the socket was down
   });
   ws.addEventListener("message", onMessage);
@@ -271,7 +268,6 @@ async function connect() {
     if (socket !== ws) return;
     socket = null;
     setLive("polling");
-    startPolling();
     scheduleReconnect();
   });
 }
