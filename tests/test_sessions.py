@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -323,6 +324,43 @@ async def test_lookup_by_code_as_operator(booth: Booth) -> None:
         assert r.status_code == 404, path
     for headers in ({}, {"Authorization": "Bearer forged"}):
         assert (await b.client.get(f"/sessions/{code}", headers=headers)).status_code == 401
+
+
+async def test_a_scanned_guest_qr_finds_the_guest(booth: Booth) -> None:
+    """The join page's QR holds the guest's page URL, not their code: the console's scanner
+    sends whatever it read, and the booth resolves a page URL, a bare token or a code."""
+    b = booth
+    wedding = await _event(b)
+    body = await (await _register(b, {"eventId": "wedding", **GUEST})).get_json()
+    url = body["guestUrl"]
+    token = url.rsplit("/", 1)[1]
+
+    async def scan(payload: Any, headers: dict[str, str] | None = None) -> Any:
+        return await b.client.post(
+            "/sessions/scan", json=payload, headers=b.auth() if headers is None else headers
+        )
+
+    for qr in (url, f"{url}/", f"  {url}\n", token, f"http://10.0.0.9:8000/g/{token}?x=1",
+               body["code"], body["code"].lower()):  # fmt: skip
+        r = await scan({"qr": qr, "eventId": "wedding"})
+        assert r.status_code == 200, qr
+        found = await r.get_json()
+        assert found["sessionId"] == body["sessionId"] and found["name"] == "Ana", qr
+        assert found["eventId"] == str(wedding.id) and token not in json.dumps(found)
+    assert (await scan({"qr": url})).status_code == 200  # no event needed for a page URL
+    await _event(b, "gala")
+    r = await scan({"qr": url, "eventId": "gala"})  # the console is on another event
+    assert r.status_code == 422 and (await error_of(r))["code"] == "session_event_mismatch"
+    for qr in (url[:-1] + ("A" if url[-1] != "A" else "B"), "https://example.com/other",
+               "ZZZZZZ", "x" * 40):  # fmt: skip
+        r = await scan({"qr": qr})
+        assert r.status_code == 404 and (await error_of(r))["code"] == "session_not_found", qr
+    for payload in ({}, {"qr": ""}, {"qr": 5}, {"qr": "x" * 600}, {"qr": url, "eventId": 3}):
+        assert (await scan(payload)).status_code == 422, payload
+    for headers in ({}, {"Authorization": "Bearer forged"}):
+        assert (await scan({"qr": url}, headers)).status_code == 401
+    await b.services.db.execute("update guest_sessions set expires_at = now() - interval '1 s'")
+    assert (await scan({"qr": url})).status_code == 404  # an expired guest is not found
 
 
 async def test_same_code_at_two_events_needs_the_event(booth: Booth) -> None:

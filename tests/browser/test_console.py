@@ -65,9 +65,9 @@ def test_login_webcam_capture_reaches_the_guest_page(booth, desktop, page_errors
     expect(page.get_by_role("button", name="Log out")).to_be_visible()
     page.locator("#event-select").select_option("demo")
 
-    # "Scan QR" is offered only where the browser can read QR codes.
-    can_scan = page.evaluate("'BarcodeDetector' in window")
-    expect(page.get_by_role("button", name="Scan QR")).to_have_count(1 if can_scan else 0)
+    # "Scan QR" is offered wherever there is a camera: without BarcodeDetector (this Chromium)
+    # the box's own decoder reads the QR (tests/browser/test_qr_scan.py).
+    expect(page.get_by_role("button", name="Scan QR")).to_be_visible()
 
     guest = booth.guest("Ayu Capture", "0812 1111 2222")
     find_guest(page, guest, "Ayu Capture")

@@ -7,6 +7,11 @@
   ``invalid_input``); unknown event → 404 ``event_not_found``.
 - ``GET /sessions/<code>?eventId=`` (operator) → ``{"sessionId", "eventId", "code", "name",
   "whatsapp", "expiresAt"}``; unknown or expired → 404 ``session_not_found``.
+- ``POST /sessions/scan {"qr", "eventId"?}`` (operator) → the same session JSON: ``qr`` is
+  whatever the console's scanner read from a guest's QR — their page's URL (``…/g/<token>``,
+  what the join page shows), a bare token, or a typed-style code. Unknown, expired or garbage →
+  404 ``session_not_found``; a guest of another event than ``eventId`` → 422
+  ``session_event_mismatch``; the token is never echoed back.
 - ``GET /g/<token>/qr.svg`` (whoever holds the token) → the QR code of the guest's page as SVG,
   made on the box with segno (no internet needed); unknown or expired token → 404.
 
@@ -18,12 +23,14 @@ no log line and in no response other than the registration's; responses that car
 from __future__ import annotations
 
 import io
+import re
 
 import segno
 from quart import Blueprint, Response, jsonify, request
 
 from photobot import ratelimit
 from photobot.errors import InvalidInput
+from photobot.events import resolve_event
 from web.auth import client_ip, json_object, require_operator
 from web.deps import services
 
@@ -89,6 +96,36 @@ async def post_session() -> Response:
 async def get_session(code: str) -> Response:
     event_id = request.args.get("eventId") or None
     session = await services().registry.lookup_code(event_id, code)
+    return jsonify(session.to_api())
+
+
+#: A guest page URL as the join page's QR holds it, or the token alone (token_urlsafe(32)).
+_GUEST_URL = re.compile(r"(?:^|/g/)([A-Za-z0-9_-]{32,128})/?(?:[?#].*)?$")
+_QR_MAX = 512
+
+
+@bp.post("/sessions/scan")
+@require_operator
+async def scan_session() -> Response:
+    """The guest a scanned QR names: their page's token if it holds one, else their code."""
+    body = await json_object()
+    qr, event_id = body.get("qr"), body.get("eventId") or None
+    if not isinstance(qr, str) or not 0 < len(qr.strip()) <= _QR_MAX:
+        raise InvalidInput(f"qr must be the scanned text (1-{_QR_MAX} characters)")
+    if event_id is not None and not isinstance(event_id, str):
+        raise InvalidInput("eventId must be the event's id or slug")
+    registry = services().registry
+    token = _GUEST_URL.search(qr.strip())
+    if token is not None:
+        session = await registry.lookup_token(token.group(1))
+        if event_id is not None and (await resolve_event(services().db, event_id)).id != (
+            session.event_id
+        ):
+            raise InvalidInput(
+                "this guest registered for another event", code="session_event_mismatch"
+            )
+    else:
+        session = await registry.lookup_code(event_id, qr.strip())
     return jsonify(session.to_api())
 
 

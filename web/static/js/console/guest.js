@@ -65,46 +65,97 @@ async function lookup(raw) {
   }
 }
 
-// --- QR scanning (only where the browser has BarcodeDetector) ---------------------------------
+// --- QR scanning -------------------------------------------------------------------------------
+// The guest's QR (join page) holds their page's URL; the booth resolves whatever was read
+// (POST /sessions/scan: a page URL, a token or a code). Frames are read by BarcodeDetector where
+// the browser has one, else by jsQR (web/static/vendor, served by the box): Chromium on Linux,
+// Firefox and older iOS Safari have none.
 let scanStream = null;
 let scanTimer = null;
+let scanCanvas = null;
+/** Frames decoded per second, and their long edge: enough to read a phone screen's QR, light
+ * enough for the operator's phone to stay responsive. */
+const SCAN_INTERVAL_MS = 125;
+const SCAN_EDGE = 640;
 
 function stopScan() {
   clearTimeout(scanTimer);
   if (scanStream) for (const t of scanStream.getTracks()) t.stop();
   scanStream = null;
+  const video = $("#scanner-video");
+  if (video) video.srcObject = null;
   $("#scanner").hidden = true;
+}
+
+/** A function reading one video frame: the QR's text, or "" when it holds none. */
+function frameReader(video) {
+  if ("BarcodeDetector" in window) {
+    // eslint-disable-next-line no-undef
+    const detector = new BarcodeDetector({ formats: ["qr_code"] });
+    return async () => {
+      try {
+        const codes = await detector.detect(video);
+        return codes.length ? String(codes[0].rawValue || "") : "";
+      } catch {
+        return "";
+      }
+    };
+  }
+  if (typeof window.jsQR !== "function") return null;
+  scanCanvas = scanCanvas || document.createElement("canvas");
+  const context = scanCanvas.getContext("2d", { willReadFrequently: true });
+  return async () => {
+    const w = video.videoWidth, h = video.videoHeight;
+    if (!w || !h) return "";
+    const scale = Math.min(1, SCAN_EDGE / Math.max(w, h));
+    scanCanvas.width = Math.round(w * scale);
+    scanCanvas.height = Math.round(h * scale);
+    context.drawImage(video, 0, 0, scanCanvas.width, scanCanvas.height);
+    const frame = context.getImageData(0, 0, scanCanvas.width, scanCanvas.height);
+    const found = window.jsQR(frame.data, frame.width, frame.height, { inversionAttempts: "dontInvert" });
+    return found ? found.data : "";
+  };
+}
+
+async function useScanned(text) {
+  const status = $("#scanner-status");
+  status.textContent = "Found a code: looking the guest up…";
+  try {
+    const session = await call("/sessions/scan", { method: "POST", body: { qr: text, eventId: ctx.eventSlug() } });
+    stopScan();
+    setGuest(session);
+    $("#lookup-code").value = session.code;
+    showError($("#lookup-error"), "");
+    return true;
+  } catch (err) {
+    status.textContent = err.status === 404
+      ? "This QR is not a guest's code (or their session has ended). Try again or type their code."
+      : `${err.message} Try again or type their code.`;
+    return false;
+  }
 }
 
 async function startScan() {
   const status = $("#scanner-status");
   $("#scanner").hidden = false;
-  status.textContent = "Point the camera at the guest's code.";
+  status.textContent = "Point the camera at the guest's QR.";
   try {
-    // eslint-disable-next-line no-undef
-    const detector = new BarcodeDetector({ formats: ["qr_code"] });
     scanStream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
     const video = $("#scanner-video");
     video.srcObject = scanStream;
     await video.play();
+    const read = frameReader(video);
+    if (!read) throw new Error("this browser cannot read QR codes");
+    let last = "";
     const loop = async () => {
       if (!scanStream) return;
-      let codes = [];
-      try { codes = await detector.detect(video); } catch { codes = []; }
-      const text = codes.length ? String(codes[0].rawValue || "").trim() : "";
-      if (text) {
-        const candidate = text.replace(/[\s-]/g, "").toUpperCase();
-        if (CODE.test(candidate)) {
-          stopScan();
-          $("#lookup-code").value = candidate;
-          lookup(candidate);
-          return;
-        }
-        status.textContent = /\/g\/[A-Za-z0-9_-]+/.test(text)
-          ? "This QR opens the guest's own page; it is not their code. Type the 6-character code shown with it."
-          : "This QR is not a guest code. Type the guest's code instead.";
+      const text = (await read()).trim();
+      // The same unusable QR in view frame after frame is asked about once.
+      if (text && text !== last) {
+        last = text;
+        if (await useScanned(text)) return;
       }
-      scanTimer = setTimeout(loop, 300);
+      if (scanStream) scanTimer = setTimeout(loop, SCAN_INTERVAL_MS);
     };
     loop();
   } catch (err) {
@@ -124,7 +175,7 @@ export function initGuest(context) {
     $("#lookup-error").hidden = true;
   });
   $("#guest-clear").addEventListener("click", () => { clearGuest(); $("#lookup-code").focus(); });
-  if ("BarcodeDetector" in window && navigator.mediaDevices) {
+  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
     $("#scan-qr").hidden = false;
     $("#scan-qr").addEventListener("click", startScan);
     $("#scanner-stop").addEventListener("click", stopScan);
