@@ -42,7 +42,7 @@ def _stop_and_check_clean(booth: Booth) -> None:
     code = booth.stop(signal.SIGTERM)
     elapsed = time.monotonic() - started
     assert code == 0, booth.stderr()
-    assert elapsed < 10
+    assert elapsed < 30  # within the grace and its safety net, not hanging on a busy box
     assert [pid for pid in children if alive(pid)] == []
     assert processes_mentioning(str(booth.data_dir)) == []
 

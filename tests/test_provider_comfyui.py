@@ -302,7 +302,7 @@ async def test_stall_is_transient_and_interrupts_the_prompt(
     elapsed = trio.current_time() - start
 
     assert info.value.code == "stalled"
-    assert 0.5 <= elapsed < 1.5, elapsed
+    assert 0.5 <= elapsed < 8, elapsed  # the stall detector, not the 10 s attempt timeout
     [queued] = standin.prompts
     assert standin.interrupts == [queued.prompt_id]
     await _wait_until(lambda: queued.status == "interrupted")
@@ -326,11 +326,13 @@ async def test_restart_mid_run_is_transient_remote_lost(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(restart_after_first_progress)
         with pytest.raises(TransientProviderError) as info:
-            await make_provider().process(_job("job-restart"), progress)
+            await make_provider(stall_timeout=60.0, timeout=120.0).process(
+                _job("job-restart"), progress
+            )
         elapsed = trio.current_time() - start
 
     assert info.value.code == "remote_lost"
-    assert elapsed < 1.0, elapsed  # noticed when the socket dropped, not after stall_timeout
+    assert elapsed < 20, elapsed  # noticed when the socket dropped, not after the 60 s stall
     assert standin.restarts == 1 and standin.prompts[0].status == "lost"
     # Back at once: the provider reconnected and found the prompt gone. Down: it could not.
     assert len(standin.ws_connects) == connects
@@ -348,7 +350,7 @@ async def test_hard_timeout_is_transient_and_interrupts_the_prompt(
     elapsed = trio.current_time() - start
 
     assert info.value.code == "provider_timeout"
-    assert 0.5 <= elapsed < 1.5, elapsed
+    assert 0.5 <= elapsed < 8, elapsed  # the attempt's 0.5 s, not its end
     assert 0.0 < progress.fractions[-1] < 1.0
     [queued] = standin.prompts
     assert standin.interrupts == [queued.prompt_id]

@@ -322,7 +322,7 @@ async def test_stuck_task_times_out_as_transient(
     with pytest.raises(TransientProviderError) as info:
         await provider.process(job(input_server.put("a.png", PHOTO)), seen.append)
     assert info.value.code == "provider_timeout"
-    assert 0.8 <= trio.current_time() - started < 3.0
+    assert 0.8 <= trio.current_time() - started < 10  # its own deadline, not a hang
     # kie's progress stalls at its last value; the provider reports each value once.
     assert standin.calls["recordInfo"] >= len(seen) + 5 and len(seen) > 3
     assert seen == sorted(set(seen)) and seen[-1] < 1.0

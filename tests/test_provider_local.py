@@ -368,11 +368,13 @@ async def test_progress_is_monotonic_and_completes(scene_jpeg: bytes) -> None:
 
 async def test_cancel_stops_within_one_step(big_jpeg: bytes) -> None:
     provider = LocalProvider()
-    started = time.perf_counter()
+    seen: list[float] = []
     with trio.move_on_after(0.05) as scope:
-        await provider.process(job(big_jpeg, style="vivid", mode="square"), lambda f: None)
+        await provider.process(job(big_jpeg, style="vivid", mode="square"), seen.append)
     assert scope.cancelled_caught
-    assert time.perf_counter() - started < 1.0  # one step of a 24 MP job at most
+    # Stopped at the first step boundary after the cancel: at most the decode (0.1) got
+    # reported, never the resize, styling or encoding — however slow the machine is.
+    assert all(f <= 0.1 for f in seen), seen
     assert provider.limiter.borrowed_tokens == 0
 
 
