@@ -32,10 +32,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,11 +55,10 @@ from tests.bench.bench_jobs import (
 )
 from tests.bench.common import (
     BenchBooth,
+    bench_dirs,
     open_bench_booth,
     percentile,
     proc_status_kib,
-    remove_stale,
-    server_tmp_base,
 )
 
 STAGES = ("preprocessing", "ai_processing", "uploading_output")
@@ -268,15 +265,9 @@ def main() -> None:
         ap.error("--captures and --megapixels must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     wall0 = time.monotonic()
-    server_base = server_tmp_base()
-    remove_stale(server_base)
-    remove_stale(tempfile.gettempdir())
-    prefix = f"photobot-bench-{os.getpid()}-"
-    servers = Path(tempfile.mkdtemp(prefix=prefix, dir=server_base))
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    (work / "captures").mkdir()
-    (work / "big").mkdir()
-    try:
+    with bench_dirs() as (servers, work):
+        (work / "captures").mkdir()
+        (work / "big").mkdir()
         photos = prepare_photos(args.megapixels, args.captures + 1, work / "captures")
         big = (
             prepare_photos(args.memory_megapixels, args.memory_uploads, work / "big")
@@ -286,9 +277,6 @@ def main() -> None:
         res = trio.run(bench, args, photos, big, work, servers)
         print(f"total wall time of the benchmark: {time.monotonic() - wall0:.1f} s")
         report(args, res, photos)
-    finally:
-        shutil.rmtree(servers, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

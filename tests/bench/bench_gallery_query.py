@@ -36,8 +36,6 @@ import functools
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -54,7 +52,7 @@ from photobot.config import load_settings
 from photobot.db import Database, ensure_database
 from photobot.embedded import open_embedded_postgres, open_embedded_redis
 from photobot.root import Services, open_services
-from tests.bench.common import percentile, remove_stale, server_tmp_base
+from tests.bench.common import bench_dirs, percentile
 from web.app import create_asgi
 
 LIMIT = 50
@@ -351,17 +349,8 @@ def main() -> None:
         ap.error("--samples + --warmup must not exceed --photos")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     random.seed(1)
-    server_base = server_tmp_base()
-    remove_stale(server_base)
-    remove_stale(tempfile.gettempdir())
-    prefix = f"photobot-bench-{os.getpid()}-"
-    servers = Path(tempfile.mkdtemp(prefix=prefix, dir=server_base))
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
+    with bench_dirs() as (servers, work):
         trio.run(bench, args, servers, work)
-    finally:
-        shutil.rmtree(servers, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

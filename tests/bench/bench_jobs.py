@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import resource
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,11 +54,10 @@ from PIL import Image, ImageChops
 from photobot.bus import JobEvent
 from photobot.root import Services
 from tests.bench.common import (
+    bench_dirs,
     open_bench_booth,
     percentile,
     proc_status_kib,
-    remove_stale,
-    server_tmp_base,
 )
 
 PASSWORD = "bench-jobs-password"
@@ -529,22 +527,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     wall0 = time.monotonic()
-    server_base = server_tmp_base()
-    remove_stale(server_base)
-    remove_stale(tempfile.gettempdir())
-    prefix = f"photobot-bench-{os.getpid()}-"
-    servers = Path(tempfile.mkdtemp(prefix=prefix, dir=server_base))
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
+    with bench_dirs() as (servers, work):
         t = time.monotonic()
         photos = prepare_photos(args.megapixels, args.jobs + 1, work)  # + 1: the warm-up job
         prep = time.monotonic() - t
         res = trio.run(bench, args, photos, work, servers)
         print(f"total wall time of the benchmark: {time.monotonic() - wall0:.1f} s")
         report(args, res, photos, prep)
-    finally:
-        shutil.rmtree(servers, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,9 @@ async def open_bench_booth(
         open_embedded_redis(servers / "redis", durable=False) as rd,
     ):
         dsn = await ensure_database(pg.url, "photobot")
+        # One operator sends every photo of a benchmark: POST /jobs' per-operator limit is
+        # abuse protection, not part of what is measured.
+        settings.setdefault("jobs_rate_limit_per_minute", 100_000)
         config = load_settings(
             database_url=dsn, redis_url=rd.url, operator_password=password, **settings
         )
@@ -111,3 +114,20 @@ async def open_bench_booth(
                 stop.set()
                 await services.gallery.server.aclose(timeout=0.5)
                 inner.cancel_scope.cancel()
+
+
+@contextmanager
+def bench_dirs() -> Iterator[tuple[Path, Path]]:
+    """``(servers, work)``: fresh folders for the embedded servers' data (tmpfs when there is
+    one) and for everything else, removed afterwards; stale ones of dead runs go first."""
+    server_base = server_tmp_base()
+    remove_stale(server_base)
+    remove_stale(tempfile.gettempdir())
+    prefix = f"photobot-bench-{os.getpid()}-"
+    servers = Path(tempfile.mkdtemp(prefix=prefix, dir=server_base))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield servers, work
+    finally:
+        shutil.rmtree(servers, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
