@@ -140,17 +140,21 @@ class Cursor:
         if ":" not in text:  # base64url never holds one; every ISO time does
             return None
         try:
-            # A '+' offset that was not percent-encoded arrives as a space.
-            at = datetime.fromisoformat(text.replace(" ", "+").replace("Z", "+00:00"))
-        except ValueError:
+            # A '+' offset that was not percent-encoded arrives as a space; RFC 3339 allows
+            # a lower-case 't' and 'z'.
+            at = datetime.fromisoformat(text.upper().replace(" ", "+").replace("Z", "+00:00"))
+            if at.tzinfo is None:
+                raise InvalidInput(
+                    "since needs a time zone (…Z or …+07:00), as createdAt has",
+                    code="invalid_cursor",
+                )
+            # Year 1 or 9999 with an offset falls outside what a datetime holds once in UTC.
+            at = at.astimezone(UTC)
+        except (ValueError, OverflowError):
             raise InvalidInput(
                 "since is not a valid time or cursor", code="invalid_cursor"
             ) from None
-        if at.tzinfo is None:
-            raise InvalidInput(
-                "since needs a time zone (…Z or …+07:00), as createdAt has", code="invalid_cursor"
-            )
-        return cls(at.astimezone(UTC), _LAST_ID)
+        return cls(at, _LAST_ID)
 
     @classmethod
     def decode(cls, text: str) -> Cursor:

@@ -12,7 +12,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -249,6 +249,11 @@ async def test_query_parameters_are_checked(live: Live) -> None:
         ({"page": "2"}, "unsupported_parameter"),  # never page 1 again in disguise
         ({"page": "0"}, "invalid_page"),
         ({"page": "one"}, "invalid_page"),
+        ({"offset": "30"}, "unsupported_parameter"),  # would be the newest page again
+        ({"order": "asc"}, "unsupported_parameter"),
+        ({"since": "9999-12-31T23:59:59-01:00"}, "invalid_cursor"),  # past datetime's range
+        ({"since": "0001-01-01T00:00:00+01:00"}, "invalid_cursor"),
+        ({"since": "999999999999999"}, "invalid_cursor"),  # epoch millis past year 9999
     ]:
         assert await error_code(await live.http.get(url, params=params), 422) == code, params
     bad_device = {"X-Device-Id": "short"}
@@ -282,13 +287,43 @@ async def test_seed_004_since_timestamp_and_page_1(live: Live) -> None:
         r = await live.http.get(url, params={"since": since})
         assert r.status_code == 200, (since, r.text)
         assert [p["id"] for p in r.json()["photos"]] == new_ids, since  # strictly after it
-    # Milliseconds lose the microseconds: the top photo itself may come back, nothing older.
+    # Milliseconds lose the microseconds: photos of the top one's millisecond (the top photo
+    # itself, and any made less than a millisecond before it) come back too, nothing older.
     r = await live.http.get(url, params={"since": millis})
     got = [p["id"] for p in r.json()["photos"]]
-    assert got[: len(new_ids)] == new_ids and set(got) <= {*new_ids, first[-1].id}
+    instant = datetime.fromtimestamp(int(millis) / 1000, UTC)
+    same_ms = [p.id for p in reversed(first) if p.created_at > instant]
+    assert first[-1].id in same_ms and got == new_ids + same_ms
     # Our own cursor still works beside it, and what it answers chains with the timestamp's.
     r = await live.http.get(url, params={"since": r.json()["newestCursor"]})
     assert r.status_code == 200 and r.json()["photos"] == []
+
+
+async def test_since_a_timestamp_shared_by_two_photos(live: Live) -> None:
+    """Two photos made at the same instant (two boxes, one microsecond): ``since=<createdAt>``
+    means strictly after that instant, so it answers neither of them, while our cursor of the
+    first still answers the second (its id breaks the tie in the keyset order)."""
+    event = await live.event()
+    url = f"/api/gallery/{event['slug']}/photos"
+    a, b = sorted([await add_photo(live, event["id"]) for _ in range(2)], key=lambda p: p.id)
+    # The tie cannot be made to order through photos.insert, so the test writes it.
+    await live.services.db.execute(
+        "update photos set created_at = $1 where id = $2", a.created_at, uuid.UUID(b.id)
+    )
+    later = await add_photo(live, event["id"])
+    body = await get_page(live, event["slug"])
+    assert [p["id"] for p in body["photos"]] == [later.id, b.id, a.id]
+    instant = body["photos"][2]["createdAt"]
+    assert body["photos"][1]["createdAt"] == instant
+    for since in (instant, instant.replace("+00:00", "z").replace("T", "t")):
+        r = await live.http.get(url, params={"since": since})
+        assert [p["id"] for p in r.json()["photos"]] == [later.id], since
+    r = await live.http.get(url, params={"since": body["photos"][2]["cursor"]})
+    assert [p["id"] for p in r.json()["photos"]] == [later.id, b.id]
+    # Just before the instant: both photos made at it, and the later one.
+    just_before = (datetime.fromisoformat(instant) - timedelta(microseconds=1)).isoformat()
+    r = await live.http.get(url, params={"since": just_before})
+    assert [p["id"] for p in r.json()["photos"]] == [later.id, b.id, a.id]
 
 
 def test_cursor_round_trip_and_rules() -> None:

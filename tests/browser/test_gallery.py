@@ -327,6 +327,7 @@ def test_the_poll_runs_while_the_socket_is_open_and_never_announces_twice(
     expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
     expect(toast).to_be_visible()
     expect(page.locator("#new-toast-text")).to_have_text("New images added")  # one, not "(2)"
+    shot(page, "gallery-poll-announces-a-lost-message")
 
     toast.click()
     expect(page.locator("#grid > li")).to_have_count(2)

@@ -14,7 +14,8 @@ their own page from their QR code, ``/api/guest/<token>/results``).
   exactly those 500 in order. ``newestCursor`` is what to pass as ``since`` next (unchanged when
   nothing is new). ``since`` also takes seed 004's form, a photo's ``createdAt`` (ISO 8601 with
   an offset, or epoch milliseconds): the photos made strictly after it. ``page=1`` (the seed's
-  clients) is the newest page; any other ``page`` is a 422 pointing at ``before``.
+  clients) is the newest page; any other ``page`` is a 422 pointing at ``before``, and so are
+  ``offset``, ``skip``, ``order`` and ``orderBy`` (422 ``unsupported_parameter``).
 - ``GET /api/gallery/<slug>/photos/<id>`` → one photo (e.g. on ``photo:updated``).
 - ``POST`` / ``DELETE /api/gallery/<slug>/photos/<id>/like`` (``X-Device-Id``) →
   ``{"id", "photo_id", "likes", "likedByMe"}``; one like per device, both idempotent.
@@ -162,6 +163,22 @@ def _check_page(value: str | None) -> None:
     )
 
 
+#: Parameters other APIs page or order with: ignoring one would answer the newest page as if it
+#: had been honoured, so each is a 422 naming what to use instead.
+_UNSUPPORTED = {
+    "offset": "offsets are not supported: ask for older photos with before=<nextBefore>",
+    "skip": "skip is not supported: ask for older photos with before=<nextBefore>",
+    "order": "order is not supported: photos are always newest first (sort=newest)",
+    "orderBy": "orderBy is not supported: photos are always newest first (sort=newest)",
+}
+
+
+def _check_unsupported() -> None:
+    for name, message in _UNSUPPORTED.items():
+        if name in request.args:
+            raise InvalidInput(message, code="unsupported_parameter")
+
+
 def _cursor(name: str) -> gallery.Cursor | None:
     value = request.args.get(name)
     return None if not value else gallery.Cursor.decode(value)
@@ -191,6 +208,7 @@ async def list_photos(slug: str) -> Response:
         raise InvalidInput("sort must be 'newest'", code="invalid_sort")
     limit = gallery.validate_limit(args.get("limit"))
     _check_page(args.get("page"))
+    _check_unsupported()
     raw_since = args.get("since")
     since = (raw_since and gallery.Cursor.after_instant(raw_since)) or _cursor("since")
     before = _cursor("before")
