@@ -92,9 +92,7 @@ def test_postgres_cold_start_runs_unprivileged_and_stop_leaves_nothing(
 ) -> None:
     caplog.set_level(logging.INFO, logger="photobot.embedded")
     server = EmbeddedPostgres(server_tmp_path / "pg", durable=False)
-    t0 = time.monotonic()
     server.start()
-    cold = time.monotonic() - t0
     pid, port = server.pid, server.port
     try:
         assert server.url == f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -107,8 +105,6 @@ def test_postgres_cold_start_runs_unprivileged_and_stop_leaves_nothing(
         assert {proc_uid(p) for p in children} - {None} == {expected_uid()}
         if os.geteuid() == 0:
             assert expected_uid() != 0
-        # Speed is bench_startup's to measure; this only catches a start that hung.
-        assert cold < 120, f"cold start took {cold:.2f} s"
     finally:
         server.stop()
     assert_no_server_left(pid, port, server.pgdata)
@@ -118,16 +114,19 @@ def test_postgres_cold_start_runs_unprivileged_and_stop_leaves_nothing(
     assert any(f"postgres on port {port} stopped" in m for m in lines)
 
 
-def test_postgres_restart_keeps_rows_and_is_fast(pg_template: Path, server_tmp_path: Path) -> None:
+def test_postgres_restart_keeps_rows_and_skips_initdb(
+    pg_template: Path, server_tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data_dir = copy_cluster(pg_template, server_tmp_path / "pg")
     with EmbeddedPostgres(data_dir) as server:
         psql(server.url, "create table t (x int); insert into t values (1), (2), (3)")
-    t0 = time.monotonic()
+    caplog.set_level(logging.INFO, logger="photobot.embedded")
     with EmbeddedPostgres(data_dir) as server:
-        warm = time.monotonic() - t0
         assert psql(server.url, "select sum(x) from t") == "6"
-    assert warm < 60, f"warm start took {warm:.2f} s"  # a hang, not speed (bench_startup)
-    assert not (data_dir / "pgdata.initdb").exists()  # fast because nothing is initialised
+    # A warm start is fast because it initialises nothing: the path taken, not the seconds
+    # (bench_startup measures those; a busy machine would break a wall-clock bound).
+    [started] = [r.getMessage() for r in caplog.records if "postgres started" in r.getMessage()]
+    assert "initdb" not in started, started
 
 
 def test_postgres_recovers_after_postmaster_sigkill(

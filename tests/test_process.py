@@ -6,9 +6,9 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,16 +35,23 @@ def data_dir(server_tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["kill", "-9", str(pid)], check=False)
 
 
-def _stop_and_check_clean(booth: Booth) -> None:
+def _stop_and_check_clean(booth: Booth) -> list[dict[str, Any]]:
+    """SIGTERM, then check that every actor stopped within its grace and nothing is left
+    behind; returns the booth's JSON log lines."""
     children = booth.children()
     assert len(children) >= 2  # at least the PostgreSQL postmaster and Redis
-    started = time.monotonic()
-    code = booth.stop(signal.SIGTERM)
-    elapsed = time.monotonic() - started
-    assert code == 0, booth.stderr()
-    assert elapsed < 30  # within the grace and its safety net, not hanging on a busy box
+    # The deadline only catches a hang: how long a stop takes is a busy machine's business.
+    code = booth.stop(signal.SIGTERM, timeout=120)
+    stderr = booth.stderr()  # the pipe can be read once
+    assert code == 0, stderr
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    # Graceful, not the grace's safety net: no actor had to be cancelled (what a slow stop
+    # would show; the seconds it took would not tell a slow machine from a stuck actor).
+    assert [e["msg"] for e in logs if "cancelled after grace" in e["msg"]] == []
+    assert {a for a in ACTORS if any(e["msg"] == f"actor {a} stopped" for e in logs)} == ACTORS
     assert [pid for pid in children if alive(pid)] == []
     assert processes_mentioning(str(booth.data_dir)) == []
+    return logs
 
 
 def test_run_is_healthy_and_sigterm_exits_clean(data_dir: Path) -> None:
@@ -58,8 +65,7 @@ def test_run_is_healthy_and_sigterm_exits_clean(data_dir: Path) -> None:
         assert body["checks"]["storage"]["backend"] == "local disk"
         comms = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in booth.children()}
         assert "postgres" in comms and any(c.startswith(("redis", "valkey")) for c in comms)
-        _stop_and_check_clean(booth)
-        logs = [json.loads(line) for line in booth.stderr().splitlines() if line.startswith("{")]
+        logs = _stop_and_check_clean(booth)
         assert any(entry["msg"] == "shutting down gracefully" for entry in logs)
     finally:
         booth.kill()

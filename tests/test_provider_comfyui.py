@@ -86,7 +86,8 @@ async def make_provider(standin: ComfyUIStandin) -> AsyncIterator[MakeProvider]:
     made: list[ComfyUIProvider] = []
 
     def make(url: str | None = None, **kw: Any) -> ComfyUIProvider:
-        options = {"timeout": 10.0, "stall_timeout": 2.0, "connect_timeout": 2.0, **kw}
+        # Limits no busy machine reaches in a normal run; tests of a limit set their own.
+        options = {"timeout": 60.0, "stall_timeout": 10.0, "connect_timeout": 10.0, **kw}
         provider = ComfyUIProvider(url or standin.url, **options)
         made.append(provider)
         return provider
@@ -96,7 +97,7 @@ async def make_provider(standin: ComfyUIStandin) -> AsyncIterator[MakeProvider]:
         await provider.aclose()
 
 
-async def _wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+async def _wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     # Polling the stand-in's state is simplest here; it has no events for every change.
     with trio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110
@@ -298,11 +299,14 @@ async def test_stall_is_transient_and_interrupts_the_prompt(
     standin.set_faults(stall=True)
     start = trio.current_time()
     with pytest.raises(TransientProviderError) as info:
-        await make_provider(stall_timeout=0.5).process(_job("job-stall"), Recorder())
+        await make_provider(stall_timeout=0.5, timeout=60.0).process(
+            _job("job-stall"), Recorder()
+        )
     elapsed = trio.current_time() - start
 
+    # The stall detector, not the attempt's timeout: that one would say provider_timeout.
     assert info.value.code == "stalled"
-    assert 0.5 <= elapsed < 8, elapsed  # the stall detector, not the 10 s attempt timeout
+    assert elapsed >= 0.5, elapsed
     [queued] = standin.prompts
     assert standin.interrupts == [queued.prompt_id]
     await _wait_until(lambda: queued.status == "interrupted")
@@ -310,7 +314,8 @@ async def test_stall_is_transient_and_interrupts_the_prompt(
 
 
 @pytest.mark.parametrize(
-    ("downtime", "connects"), [(0.0, 2), (1.0, 1)], ids=["back-at-once", "down-for-a-while"]
+    # Down for far longer than the provider's quick reconnect tries, however slow they run.
+    ("downtime", "connects"), [(0.0, 2), (5.0, 1)], ids=["back-at-once", "down-for-a-while"]
 )
 async def test_restart_mid_run_is_transient_remote_lost(
     standin: ComfyUIStandin, make_provider: MakeProvider, downtime: float, connects: int
@@ -341,16 +346,17 @@ async def test_restart_mid_run_is_transient_remote_lost(
 async def test_hard_timeout_is_transient_and_interrupts_the_prompt(
     standin: ComfyUIStandin, make_provider: MakeProvider
 ) -> None:
-    # Progress keeps flowing (no stall), the run is just longer than the attempt may take.
-    standin.set_faults(step_delay=0.1)
+    # Progress keeps flowing (no stall), the run (20 steps, 10 s) is just longer than the
+    # attempt may take (3 s, time for the upload and the first steps on a busy machine).
+    standin.set_faults(step_delay=0.5)
     progress = Recorder()
     start = trio.current_time()
     with pytest.raises(TransientProviderError) as info:
-        await make_provider(timeout=0.5).process(_job("job-slow"), progress)
+        await make_provider(timeout=3.0).process(_job("job-slow"), progress)
     elapsed = trio.current_time() - start
 
-    assert info.value.code == "provider_timeout"
-    assert 0.5 <= elapsed < 8, elapsed  # the attempt's 0.5 s, not its end
+    assert info.value.code == "provider_timeout"  # had the run been let finish: no error
+    assert elapsed >= 3.0, elapsed
     assert 0.0 < progress.fractions[-1] < 1.0
     [queued] = standin.prompts
     assert standin.interrupts == [queued.prompt_id]
@@ -360,7 +366,7 @@ async def test_hard_timeout_is_transient_and_interrupts_the_prompt(
 async def test_cancel_mid_run_interrupts_the_prompt(
     standin: ComfyUIStandin, make_provider: MakeProvider
 ) -> None:
-    standin.set_faults(step_delay=0.05)
+    standin.set_faults(step_delay=1.0)  # a 20 s run: stopping promptly is not its end
     progress = Recorder()
     result: dict[str, Any] = {}
     scope = trio.CancelScope()
@@ -378,7 +384,7 @@ async def test_cancel_mid_run_interrupts_the_prompt(
         scope.cancel()
 
     assert result["cancelled"] is True and "output" not in result
-    assert result["done_at"] - cancelled_at < 0.5
+    assert result["done_at"] - cancelled_at < 10
     [queued] = standin.prompts
     assert standin.interrupts == [queued.prompt_id]
     await _wait_until(lambda: queued.status == "interrupted")
@@ -388,7 +394,9 @@ async def test_cancel_mid_run_interrupts_the_prompt(
 async def test_cancel_while_queued_deletes_the_prompt(
     standin: ComfyUIStandin, make_provider: MakeProvider
 ) -> None:
-    standin.set_faults(step_delay=0.02)
+    # The first run (4 s) is still going when the second is queued and cancelled, however
+    # busy the machine: the second never gets to run.
+    standin.set_faults(step_delay=0.2)
     provider = make_provider()
     first, second = Recorder(), Recorder()
     outputs: dict[str, ProviderOutput] = {}

@@ -94,3 +94,52 @@ def test_the_guest_qr_is_scanned_without_barcode_detector(
         shot(page, "console-qr-scanned")
     finally:
         context.close()
+
+
+#: Every camera stream the page opens, kept where the test can see whether it is still live.
+RECORD_STREAMS = """
+window.__streams = [];
+const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (constraints) => {
+  const stream = await open(constraints);
+  window.__streams.push(stream);
+  return stream;
+};
+"""
+ALL_ENDED = "n => window.__streams.length === n && window.__streams.every(s => s.getTracks().every(t => t.readyState === 'ended'))"  # noqa: E501
+
+
+def test_a_camera_opened_after_its_scan_was_stopped_or_replaced_is_let_go(
+    booth: LiveBooth, camera_browser: Browser, guest: dict, page_errors
+) -> None:
+    """Two taps on Scan QR, or Stop while the camera is still opening (the permission prompt):
+    the camera that opens late is closed at once instead of staying on behind the page."""
+    context = camera_browser.new_context(base_url=booth.url, permissions=["camera"], **DESKTOP)
+    context.set_default_timeout(20_000)
+    context.add_init_script(RECORD_STREAMS)
+    logged_in(context, booth.token)
+    try:
+        page = page_errors(context.new_page())
+        page.goto("/console#capture")
+        expect(page.locator("#event-select")).to_have_value("demo")
+        expect(page.get_by_role("button", name="Scan QR")).to_be_visible()
+
+        # Both taps land before either camera has opened: one scan goes on, and finds the guest.
+        page.evaluate(
+            "() => { const b = document.querySelector('#scan-qr'); b.click(); b.click(); }"
+        )
+        expect(page.locator("#guest-name")).to_have_text("Sari Scanned")
+        page.wait_for_function(ALL_ENDED, arg=2)
+
+        page.get_by_role("button", name="Next guest").click()
+        expect(page.locator("#guest-found")).to_be_hidden()
+        page.evaluate(
+            "() => { document.querySelector('#scan-qr').click();"
+            " document.querySelector('#scanner-stop').click(); }"
+        )
+        page.wait_for_function(ALL_ENDED, arg=3)
+        expect(page.locator("#scanner")).to_be_hidden()
+        expect(page.locator("#lookup-error")).to_be_hidden()  # stopping is not a failure
+        expect(page.locator("#guest-found")).to_be_hidden()  # nor does a stopped scan go on
+    finally:
+        context.close()

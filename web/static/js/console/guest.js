@@ -73,12 +73,16 @@ async function lookup(raw) {
 let scanStream = null;
 let scanTimer = null;
 let scanCanvas = null;
-/** Frames decoded per second, and their long edge: enough to read a phone screen's QR, light
- * enough for the operator's phone to stay responsive. */
+/** Bumped by every start and stop: a camera that opens, or a loop that wakes, after its scan was
+ * stopped or replaced (a second tap on Scan QR, Stop while the permission prompt is up) lets go. */
+let scanRun = 0;
+/** The pause between decoded frames (at most 8 a second) and the long edge frames are scaled
+ * down to: enough to read a phone screen's QR, light enough for the operator's phone. */
 const SCAN_INTERVAL_MS = 125;
 const SCAN_EDGE = 640;
 
 function stopScan() {
+  scanRun += 1;
   clearTimeout(scanTimer);
   if (scanStream) for (const t of scanStream.getTracks()) t.stop();
   scanStream = null;
@@ -136,11 +140,18 @@ async function useScanned(text) {
 }
 
 async function startScan() {
+  if (scanStream) return;
+  const run = ++scanRun;
   const status = $("#scanner-status");
   $("#scanner").hidden = false;
   status.textContent = "Point the camera at the guest's QR.";
   try {
-    scanStream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
+    const stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
+    if (run !== scanRun) {
+      for (const t of stream.getTracks()) t.stop();
+      return;
+    }
+    scanStream = stream;
     const video = $("#scanner-video");
     video.srcObject = scanStream;
     await video.play();
@@ -148,17 +159,18 @@ async function startScan() {
     if (!read) throw new Error("this browser cannot read QR codes");
     let last = "";
     const loop = async () => {
-      if (!scanStream) return;
+      if (run !== scanRun) return;
       const text = (await read()).trim();
       // The same unusable QR in view frame after frame is asked about once.
       if (text && text !== last) {
         last = text;
         if (await useScanned(text)) return;
       }
-      if (scanStream) scanTimer = setTimeout(loop, SCAN_INTERVAL_MS);
+      if (run === scanRun) scanTimer = setTimeout(loop, SCAN_INTERVAL_MS);
     };
     loop();
   } catch (err) {
+    if (run !== scanRun) return; // stopped meanwhile: the failure is nobody's news
     stopScan();
     showError($("#lookup-error"), `Can't scan: ${err.message || err.name}. Type the code instead.`);
   }
