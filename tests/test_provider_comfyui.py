@@ -299,9 +299,7 @@ async def test_stall_is_transient_and_interrupts_the_prompt(
     standin.set_faults(stall=True)
     start = trio.current_time()
     with pytest.raises(TransientProviderError) as info:
-        await make_provider(stall_timeout=0.5, timeout=60.0).process(
-            _job("job-stall"), Recorder()
-        )
+        await make_provider(stall_timeout=0.5, timeout=60.0).process(_job("job-stall"), Recorder())
     elapsed = trio.current_time() - start
 
     # The stall detector, not the attempt's timeout: that one would say provider_timeout.
@@ -315,7 +313,9 @@ async def test_stall_is_transient_and_interrupts_the_prompt(
 
 @pytest.mark.parametrize(
     # Down for far longer than the provider's quick reconnect tries, however slow they run.
-    ("downtime", "connects"), [(0.0, 2), (5.0, 1)], ids=["back-at-once", "down-for-a-while"]
+    ("downtime", "connects"),
+    [(0.0, 2), (5.0, 1)],
+    ids=["back-at-once", "down-for-a-while"],
 )
 async def test_restart_mid_run_is_transient_remote_lost(
     standin: ComfyUIStandin, make_provider: MakeProvider, downtime: float, connects: int

@@ -288,4 +288,3 @@ async def trigger() -> tuple[Response, int]:
         ),
         202,
     )
-
