@@ -8,8 +8,7 @@ ignored (the sweep and the channel may both bring one).
 One image job: claim it (PENDING → PROCESSING, a conditional update under this booth's name),
 download the original, :func:`photobot.optimizer.make_derivatives` in a thread behind the
 limiter (Pillow releases the GIL, so two threads use both cores and the Trio loop stays
-responsive; they run at a lower CPU priority, :class:`~photobot.concurrency.BackgroundThreads`,
-so a capture being styled meanwhile keeps its core), upload the four WebPs, then
+responsive), upload the four WebPs, then
 :meth:`ImageJobs.complete` (which sets the photo's derivatives and announces ``photo:updated``).
 Failures:
 
@@ -43,7 +42,6 @@ from dataclasses import dataclass
 
 import trio
 
-from photobot.concurrency import BackgroundThreads
 from photobot.errors import InvalidInput, PhotobotError, StorageError
 from photobot.image_jobs import ImageJob, ImageJobs, Mode, derivative_keys
 from photobot.imaging import InvalidImage
@@ -97,10 +95,6 @@ class ImageOptimizer:
         self.config = config
         self.limiter = trio.CapacityLimiter(config.concurrency)
         self.limiter_name = "optimizer"
-        old = getattr(self, "threads", None)
-        if old is not None:
-            old.close()
-        self.threads = BackgroundThreads("optimizer", config.concurrency)
         self.sweep_now()
 
     def sweep_now(self) -> None:
@@ -223,7 +217,7 @@ class ImageOptimizer:
             return await self._fail(job, f"{exc.code}: {exc.message}")
 
         try:
-            made = await self.threads.run_sync(self._render, data, limiter=self.limiter)
+            made = await trio.to_thread.run_sync(self._render, data, limiter=self.limiter)
         except InvalidImage as exc:
             return await self._fail(job, f"{exc.code}: {exc.message}")
         except Exception as exc:  # a bug or a hostile file the decoders did not expect

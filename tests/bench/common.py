@@ -18,6 +18,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from photobot.concurrency import limit_malloc_arenas
 from photobot.config import Settings, load_settings
 from photobot.db import ensure_database
 from photobot.embedded import open_embedded_postgres, open_embedded_redis
@@ -84,6 +85,7 @@ async def open_bench_booth(
     ``work/data``, the real supervisor and actors, Hypercorn and the gallery's websocket
     listener on free loopback ports — what ``photobot run`` serves, minus the signal handling.
     ``settings`` override the defaults (``load_settings`` keywords)."""
+    limit_malloc_arenas()  # as ``photobot run`` does: its memory is what is measured
     async with (
         open_embedded_postgres(servers / "postgres", durable=False) as pg,
         open_embedded_redis(servers / "redis", durable=False) as rd,
