@@ -192,8 +192,9 @@ def _render(
         # Resampling needs a continuous-tone mode (P would resize by nearest neighbour).
         img = img.convert("RGBA" if img.has_transparency_data else "RGB")
     # reducing_gap: a cheap box reduction first when the source is still much larger (PNG/WebP
-    # get no draft); the quality loss is invisible at 3x.
-    img = img.resize(out_size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    # get no draft); the quality loss is invisible at 3x. Bicubic, as the optimizer's strong
+    # steps: for 12 MP → 2400 px it costs 110 ms against Lanczos' 146, while the guest waits.
+    img = img.resize(out_size, Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     img = to_rgb(img)
     report(0.3)
 
